@@ -1,0 +1,82 @@
+"""Note §1 (前置步骤): tokens → vectors, plus each token's seat number (position).
+
+    X = Embed(ids)·√D + PE[positions]
+
+Shapes: B batch, T sequence length, D model width (d_model), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids → vectors, scaled by √d_model (paper §3.4) so they are not drowned by the positions."""
+
+    def __init__(self, vocab_size: int, d_model: int, pad_id: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        # std D^-1/2: after the √D scaling every component has unit variance, and a tied
+        # output projection starts with logits of the same size as an untied one.
+        nn.init.normal_(self.embed.weight, mean=0.0, std=d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[pad_id].zero_()
+
+    @property
+    def weight(self) -> Tensor:
+        return self.embed.weight  # (V, D)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.embed(ids) * math.sqrt(self.d_model)  # (B, T) → (B, T, D)
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> Tensor:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/D)),  PE[pos, 2i+1] = cos(pos / 10000^(2i/D))."""
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)[:, : d_model // 2]
+    return table  # (P, D)
+
+
+class PositionalEncoding(nn.Module):
+    """The seat number of every token: a fixed sinusoidal table (the paper) or learned vectors."""
+
+    def __init__(self, max_positions: int, d_model: int, kind: str = "sinusoidal") -> None:
+        super().__init__()
+        self.kind = kind
+        self.max_positions = max_positions
+        if kind == "learned":
+            self.table = nn.Parameter(torch.randn(max_positions, d_model) * d_model**-0.5)
+        else:
+            # Not a parameter and not saved: it is a function of (P, D) alone.
+            self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        end = offset + length
+        if end > self.max_positions:
+            raise ValueError(
+                f"sequence of {end} positions exceeds model.max_positions={self.max_positions}; "
+                "shorten the input or train with a larger max_positions"
+            )
+        return self.table[offset:end]  # (T, D)
+
+
+class Embeddings(nn.Module):
+    """X = Dropout(Embed(ids)·√D + PE): the matrix whose rows are the tokens (Note §1, step 1)."""
+
+    def __init__(self, tokens: TokenEmbedding, positions: PositionalEncoding, dropout: float) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.positions = positions
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
+        """`offset` is the position of the first id: non-zero when decoding one token at a time."""
+        x = self.tokens(ids) + self.positions(ids.size(1), offset)  # (B, T, D)
+        return self.dropout(x)

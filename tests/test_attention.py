@@ -1,0 +1,93 @@
+"""Note §3 and §9: the two attention paths agree, and agree with PyTorch's own multi-head attention."""
+
+import pytest
+import torch
+from torch import nn
+
+from zhen.attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_qkv(b=2, h=4, tq=5, tk=7, dh=8):
+    return torch.randn(b, h, tq, dh), torch.randn(b, h, tk, dh), torch.randn(b, h, tk, dh)
+
+
+def test_formula_by_hand():
+    """softmax(QKᵀ/√d_k)·V, computed with plain loops, for one head."""
+    q, k, v = random_qkv(b=1, h=1, tq=3, tk=4, dh=2)
+    out, weights = scaled_dot_product_attention(q, k, v, need_weights=True)
+    for i in range(3):
+        scores = torch.tensor([float(q[0, 0, i] @ k[0, 0, j]) / 2**0.5 for j in range(4)])
+        w = torch.softmax(scores, dim=0)
+        torch.testing.assert_close(weights[0, 0, i], w)
+        torch.testing.assert_close(out[0, 0, i], sum(w[j] * v[0, 0, j] for j in range(4)))
+
+
+@pytest.mark.parametrize("case", ["none", "padding", "causal", "causal+padding", "causal-rectangular"])
+def test_readable_path_equals_fused_path(case):
+    tq, tk = (3, 7) if case == "causal-rectangular" else (6, 6)
+    q, k, v = random_qkv(tq=tq, tk=tk)
+    mask = None
+    if "padding" in case:
+        mask = torch.ones(2, 1, 1, tk, dtype=torch.bool)
+        mask[1, ..., 4:] = False
+    causal = case.startswith("causal")
+    fast, none = scaled_dot_product_attention(q, k, v, mask, causal=causal)
+    slow, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, need_weights=True)
+    assert none is None and weights.shape == (2, 4, tq, tk)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_rows_sum_to_one_and_masked_cells_are_exactly_zero():
+    q, k, v = random_qkv(tq=6, tk=6)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    _, weights = scaled_dot_product_attention(q, k, v, mask, causal=True, need_weights=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 6))
+    allowed = mask & causal_mask(6, 6)
+    assert torch.all(weights.masked_select(~allowed.expand_as(weights)) == 0)
+    assert torch.all(weights.masked_select(allowed.expand_as(weights)) > 0)
+
+
+def test_causal_mask_aligns_last_query_with_last_key():
+    assert causal_mask(3, 3).tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert causal_mask(1, 4).tolist() == [[1, 1, 1, 1]]
+    assert causal_mask(2, 4).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("n_heads", [1, 4])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_equals_torch_multihead_attention(n_heads, need_weights):
+    """Same W_Q, W_K, W_V, W_O copied into nn.MultiheadAttention give the same output and weights."""
+    d_model = 16
+    ours = MultiHeadAttention(d_model, n_heads).eval()
+    ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.w_q.bias, ours.w_k.bias, ours.w_v.bias]))
+        ref.out_proj.weight.copy_(ours.w_o.weight)
+        ref.out_proj.bias.copy_(ours.w_o.bias)
+    x, memory = torch.randn(3, 5, d_model), torch.randn(3, 7, d_model)
+    keep = torch.ones(3, 7, dtype=torch.bool)
+    keep[2, 5:] = False
+    out, weights = ours(x, memory, mask=keep[:, None, None, :], need_weights=need_weights)
+    ref_out, ref_weights = ref(x, memory, memory, key_padding_mask=~keep, average_attn_weights=False)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_cache_equals_full_causal_pass():
+    attn = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    full, _ = attn(x, causal=True)
+    from zhen.attention import KVCache
+
+    cache = KVCache()
+    steps = [attn(x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.k.shape == (2, 4, 6, 4)
