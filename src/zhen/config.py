@@ -145,6 +145,7 @@ class DataConfig:
 
     train: tuple[CorpusConfig, ...] = ()
     dev: tuple[CorpusConfig, ...] = ()
+    deduplicate: bool = True  # drop exact duplicate training pairs (after normalisation)
     max_length: int = 128  # tokens per side (with eos); longer training pairs are dropped
     max_length_ratio: float = 3.0  # pairs whose token-length ratio exceeds this are dropped
     ratio_min_length: int = 10  # the ratio test applies once the longer side has this many tokens
