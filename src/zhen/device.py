@@ -1,0 +1,94 @@
+"""The one place that picks the device, the compute dtype and compilation.
+
+Training and translation both ask here; nothing else in zhen assumes CUDA.
+
+- `auto` device: CUDA if present, then Apple MPS, else CPU.
+- `auto` precision: bf16 autocast on CUDA (the paper's fp32 numbers at a fraction of the cost),
+  fp32 on CPU. `bf16` on CPU is allowed where the CPU has native bf16 matrix units (AVX-512 BF16
+  or AMX), detected at run time: elsewhere it would be emulated and slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from zhen.errors import ZhenError
+
+
+class DeviceError(ZhenError, RuntimeError):
+    """A device or precision this machine cannot provide."""
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 matrix products natively (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The autocast dtype: bf16 or fp32 (fp32 means no autocast)."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            raise DeviceError("precision bf16 asked for, but this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+        return torch.bfloat16
+    if precision != "auto":
+        raise DeviceError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure(device: torch.device) -> None:
+    """Backend switches that are free speed: TF32 matrix products and cuDNN autotuning on CUDA."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    return torch.compile(model) if enabled else model
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd bookkeeping, restoring the previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)

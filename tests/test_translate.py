@@ -1,0 +1,200 @@
+"""Translation: the Python API, `zhen translate`, `zhen evaluate`, and bad input that must not crash."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zhen import Translator
+from zhen.checkpoint import CheckpointError, save_model_dir
+from zhen.cli import main
+from zhen.config import Config, CorpusConfig, DecodeConfig, ModelConfig, TextConfig, TokenizerConfig
+from zhen.data import load_pairs
+from zhen.model import Transformer
+from zhen.text import Normalizer
+from zhen.tokenizer import Tokenizer
+from zhen.translator import split_long
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A random tiny model with a real tokenizer (trained on the built-in hsk corpus)."""
+    root = tmp_path_factory.mktemp("translate")
+    text = TextConfig(max_chars=200)
+    pairs, _ = load_pairs([CorpusConfig(path="hsk")], Normalizer(text), clean=True, data_config=None)
+    tokenizer = Tokenizer.train(pairs, TokenizerConfig(vocab_size=400), root / "tok")
+    model_config = ModelConfig(src_vocab_size=tokenizer.src_vocab_size, tgt_vocab_size=tokenizer.tgt_vocab_size,
+                               d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2, n_decoder_layers=2,
+                               dropout=0.0, max_positions=256, tie_output=False)
+    torch.manual_seed(0)
+    model = Transformer(model_config)
+    with torch.no_grad():  # a sharper output layer, so the random model says varied things
+        model.output.weight.mul_(8)
+    config = Config(model=model_config, text=text, decode=DecodeConfig(beam=3, max_len_a=1.0, max_len_b=5))
+    return save_model_dir(root / "model", model, config, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def translator(model_dir) -> Translator:
+    return Translator.load(model_dir, device="cpu")
+
+
+def test_order_is_kept_and_empty_lines_stay_empty(translator):
+    sentences = ["我爱你", "", "今天天气很好。", "   ", "我爱你"]
+    output = translator.translate(sentences)
+    assert len(output) == 5 and output[1] == "" and output[3] == ""
+    assert output[0] == output[4]
+    assert output == [translator.translate([s])[0] for s in sentences]  # alone = inside a batch
+
+
+def test_a_sentence_translates_the_same_alone_and_in_any_batch(translator, model_dir):
+    sentences = ["我是学生。", "他们明天去北京看朋友。", "好", "这个问题很难回答，但是我们会试试。"]
+    alone = [translator.translate([s])[0] for s in sentences]
+    assert translator.translate(sentences) == alone
+    assert translator.translate(sentences[::-1]) == alone[::-1]
+    small_batches = Translator.load(model_dir, device="cpu", batch_tokens=8)  # one sentence per batch
+    assert small_batches.translate(sentences) == alone
+
+
+def test_traditional_input_is_normalised_as_in_training(translator):
+    assert translator.translate(["我愛你，這是漢語。"]) == translator.translate(["我爱你,这是汉语。"])
+    assert translator.translate(["ｈｅｌｌｏ　１２３"]) == translator.translate(["hello 123"])  # NFKC
+
+
+def test_nbest_lists_are_sorted_and_have_scores(translator):
+    nbest = translator.translate_nbest(["我们一起去吃饭吧。"], nbest=3)[0]
+    assert 1 <= len(nbest) <= 3
+    assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+    assert nbest[0].text == translator.translate(["我们一起去吃饭吧。"])[0]
+
+
+def test_greedy_is_beam_one(model_dir):
+    greedy = Translator.load(model_dir, device="cpu", beam=1)
+    assert greedy.config.decode.beam == 1
+    assert greedy.translate(["我爱你"]) == Translator.load(model_dir, device="cpu", beam=1).translate(["我爱你"])
+
+
+def test_long_lines_are_split_with_a_warning_and_memory_stays_bounded(translator):
+    line = "我们今天去公园散步，然后回家吃饭。" * 600  # 10,200 characters
+    with pytest.warns(UserWarning, match="translated in .* pieces"):
+        output = translator.translate([line, "你好"])
+    assert len(output) == 2 and output[0] != ""
+    assert all(len(piece) <= 200 for piece in split_long(line, 200))
+    assert "".join(split_long(line, 200)) == line
+
+
+def test_split_long_prefers_sentence_ends():
+    text = "第一句话。第二句话！第三句？" + "长" * 30
+    pieces = split_long(text, 12)
+    assert pieces[0] == "第一句话。第二句话！"
+    assert all(len(p) <= 12 for p in pieces) and "".join(pieces) == text
+    assert split_long("短句。", 12) == ["短句。"]
+
+
+@pytest.fixture(scope="module")
+def quick(model_dir) -> Translator:
+    """Greedy and short outputs: robustness does not need long random translations."""
+    return Translator.load(model_dir, device="cpu", beam=1, max_len_a=0.0, max_len_b=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=60))
+def test_random_unicode_never_raises(quick, text):
+    output = quick.translate([text])
+    assert len(output) == 1 and isinstance(output[0], str)
+    assert "\n" not in output[0]
+
+
+@pytest.mark.parametrize("text", ["😀🎉 我爱你 ❤️", "Hello, world! 你好", "2024年3月15日 15:30",
+                                  "\x00\x07控制\x1b字符", "Ελληνικά русский 日本語 한국어", "\u200b\ufeff", "𠀀𪚥"])
+def test_odd_input_translates_to_something(quick, text):
+    assert isinstance(quick.translate([text])[0], str)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zhen", *args], input=stdin, capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_translate_arguments_file_and_stdin_agree(model_dir, tmp_path):
+    lines = ["我爱你", "", "你好吗？"]
+    expected = Translator.load(model_dir, device="cpu").translate(lines)
+    source = tmp_path / "in.zh"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["translate", "--model", str(model_dir), "-i", str(source), "-o", str(tmp_path / "out.en")]) == 0
+    assert (tmp_path / "out.en").read_text(encoding="utf-8").splitlines() == expected
+    result = run_cli("translate", "--model", str(model_dir), stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected
+
+
+def test_translate_nbest_output(model_dir, capsys):
+    assert main(["translate", "--model", str(model_dir), "--nbest", "2", "我爱你", "你好"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert {r[0] for r in rows} == {"0", "1"} and all(len(r) == 3 for r in rows)
+    assert all(float(r[1]) <= 0 for r in rows)
+
+
+def test_evaluate_prints_sacrebleu_scores_and_json(model_dir, tmp_path, capsys):
+    src, ref = tmp_path / "dev.zh", tmp_path / "dev.en"
+    src.write_text("我爱你\n你好\n", encoding="utf-8")
+    ref.write_text("I love you.\nHello.\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "BLEU = " in out and "nrefs:1|case:mixed" in out and "chrF = " in out
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["bleu"] <= 100 and 0 <= result["chrf"] <= 100 and result["sentences"] == 2
+    assert result["bleu_signature"].startswith("nrefs:1")
+
+
+def test_evaluate_with_mismatched_files_is_a_clear_error(model_dir, tmp_path, capsys):
+    src, ref = tmp_path / "a.zh", tmp_path / "b.en"
+    src.write_text("我爱你\n你好\n", encoding="utf-8")
+    ref.write_text("I love you.\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 lines" in err and "has 1" in err
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "no-config", "no-tokenizer"])
+def test_missing_or_corrupt_model_is_a_one_line_error(model_dir, tmp_path, damage):
+    import shutil
+
+    broken = tmp_path / "broken"
+    if damage != "missing":
+        shutil.copytree(model_dir, broken)
+    if damage == "empty":
+        for f in broken.iterdir():
+            f.unlink()
+    elif damage == "truncated":
+        data = (broken / "model.safetensors").read_bytes()
+        (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "no-config":
+        (broken / "config.json").unlink()
+    elif damage == "no-tokenizer":
+        (broken / "src.model").unlink()
+    with pytest.raises(CheckpointError):
+        Translator.load(broken, device="cpu")
+    result = run_cli("translate", "--model", str(broken), "我爱你")
+    assert result.returncode == 2
+    assert result.stderr.startswith("zhen: error: ") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_undecodable_input_file_is_a_clear_error(model_dir, tmp_path):
+    bad = tmp_path / "gbk.zh"
+    bad.write_bytes("我爱你\n".encode("gbk"))
+    result = run_cli("translate", "--model", str(model_dir), "-i", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "gbk.zh, line 1: not valid UTF-8" in result.stderr
