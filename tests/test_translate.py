@@ -198,3 +198,18 @@ def test_undecodable_input_file_is_a_clear_error(model_dir, tmp_path):
     result = run_cli("translate", "--model", str(model_dir), "-i", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "gbk.zh, line 1: not valid UTF-8" in result.stderr
+
+
+def test_tokenize_shows_pieces_and_ids(model_dir, capsys):
+    assert main(["tokenize", "--model", str(model_dir), "我愛你"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("我爱你")  # normalised as the model sees it
+    ids = [int(i) for i in out[2].split()]
+    assert ids[-1] == 3 and len(ids) == len(out[1].split())
+
+
+def test_help_and_version():
+    for args in (["--help"], ["translate", "--help"], ["train", "--help"], ["explain", "--help"]):
+        result = run_cli(*args)
+        assert result.returncode == 0 and "usage: zhen" in result.stdout
+    assert run_cli("--version").stdout.startswith("zhen ")

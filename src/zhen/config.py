@@ -106,7 +106,7 @@ class TokenizerConfig:
     joint: bool = False  # one model for both languages
     character_coverage: float = 0.9995  # for Chinese; English uses 1.0
     byte_fallback: bool = True  # unknown characters become bytes, never <unk>
-    input_sentence_size: int = 2_000_000  # sentences sampled for training the model
+    input_sentence_size: int = 1_000_000  # sentences sampled (per model) for training it
 
     def __post_init__(self) -> None:
         _one_of("tokenizer.model_type", self.model_type, ("unigram", "bpe"))

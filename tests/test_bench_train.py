@@ -1,0 +1,63 @@
+"""bench/bench_train.py: its FLOP and parameter formulas, and a tiny CPU run of the script itself."""
+
+import importlib.util
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_train", None)
+
+
+def test_flops_reproduce_the_issues_mfu_figures(bench):
+    # The issue's orientation numbers on an H100 (989 TFLOP/s): HF Marian + compile, 512x64,
+    # base 1.13M tokens/s = 21% MFU, big 564k tokens/s = 36% MFU.
+    for name, tokens_per_s, mfu in (("base", 1.13e6, 0.21), ("big", 564e3, 0.36)):
+        flops = bench.model_flops(bench.CONFIGS[name], 512, 64, 64)["total"]
+        assert flops / (512 * 128) * tokens_per_s / 989e12 == pytest.approx(mfu, abs=0.005)
+
+
+def test_flops_count_source_and_target_sides_separately(bench):
+    shape = bench.CONFIGS["base"]
+    longer_target = bench.model_flops(shape, 8, 16, 32)["matmul"] - bench.model_flops(shape, 8, 16, 16)["matmul"]
+    n_src, n_tgt = bench.matmul_weights_per_token(shape)
+    assert longer_target == 6 * n_tgt * 8 * 16
+    # 6 + 6 layers: a target token's extra decoder self-attention (4D²) and cross W_Q W_O (2D²) weigh what a
+    # source token's encoder attention (4D²) and cross W_K W_V (2D²) do; the output projection is the difference.
+    assert n_tgt - n_src == shape.d_model * shape.tgt_vocab
+
+
+@pytest.mark.parametrize("system", ["zhen", "torch", "hf"])
+def test_parameter_formulas_match_the_built_models(bench, system):
+    if system == "hf":
+        pytest.importorskip("transformers")
+    import torch
+
+    shape = replace(bench.SMOKE, d_model=32, d_ff=48, n_encoder_layers=2, n_decoder_layers=1, src_vocab=300,
+                    tgt_vocab=300, max_positions=32)
+    opts = bench.Options(torch.device("cpu"), compile=False)
+    runner = bench.build_runner(system, shape, bench.synthetic_batch(shape, 2, 5, 4), opts)
+    assert bench.counted_params(runner.model) == bench.analytic_params(shape, system)
+
+
+def test_smoke_run_writes_a_report(bench, tmp_path):
+    out = tmp_path / "train.md"
+    assert bench.main(["--smoke", "--models", "zhen,zhen-step,torch", "--shapes", "2x6", "--steps", "1",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))["results"]
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(r["tokens_per_s"] > 0 and r["params"] == r["params_analytic"] for r in rows)
+    assert next(r for r in rows if r["system"] == "torch")["ratio_to_best_anchor"] == pytest.approx(1.0)
+    assert "| zhen | eager | smoke | 2x6 |" in out.read_text(encoding="utf-8")
