@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from zhen.attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
+from zhen.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +14,20 @@ def _seed():
 
 def random_qkv(b=2, h=4, tq=5, tk=7, dh=8):
     return torch.randn(b, h, tq, dh), torch.randn(b, h, tk, dh), torch.randn(b, h, tk, dh)
+
+
+def mask_case(case: str):
+    """q, k, v, mask, causal for one of MASK_CASES: no mask, padding, causal, both, causal with Tq < Tk."""
+    tq, tk = (3, 7) if case == "causal-rectangular" else (6, 6)
+    q, k, v = random_qkv(tq=tq, tk=tk)
+    mask = None
+    if "padding" in case:
+        mask = torch.ones(2, 1, 1, tk, dtype=torch.bool)
+        mask[1, ..., 4:] = False
+    return q, k, v, mask, case.startswith("causal")
+
+
+MASK_CASES = ["none", "padding", "causal", "causal+padding", "causal-rectangular"]
 
 
 def test_formula_by_hand():
@@ -27,18 +41,12 @@ def test_formula_by_hand():
         torch.testing.assert_close(out[0, 0, i], sum(w[j] * v[0, 0, j] for j in range(4)))
 
 
-@pytest.mark.parametrize("case", ["none", "padding", "causal", "causal+padding", "causal-rectangular"])
+@pytest.mark.parametrize("case", MASK_CASES)
 def test_readable_path_equals_fused_path(case):
-    tq, tk = (3, 7) if case == "causal-rectangular" else (6, 6)
-    q, k, v = random_qkv(tq=tq, tk=tk)
-    mask = None
-    if "padding" in case:
-        mask = torch.ones(2, 1, 1, tk, dtype=torch.bool)
-        mask[1, ..., 4:] = False
-    causal = case.startswith("causal")
+    q, k, v, mask, causal = mask_case(case)
     fast, none = scaled_dot_product_attention(q, k, v, mask, causal=causal)
     slow, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, need_weights=True)
-    assert none is None and weights.shape == (2, 4, tq, tk)
+    assert none is None and weights.shape == (2, 4, q.size(2), k.size(2))
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
 
@@ -85,20 +93,65 @@ def test_self_attention_cache_equals_full_causal_pass():
     attn = MultiHeadAttention(16, 4).eval()
     x = torch.randn(2, 6, 16)
     full, _ = attn(x, causal=True)
-    from zhen.attention import KVCache
-
     cache = KVCache()
     steps = [attn(x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(6)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     assert cache.k.shape == (2, 4, 6, 4)
 
 
-def test_bf16_on_cpu_agrees_with_fp32():
-    """bf16 on the CPU takes the readable path (faster there than the fused kernel): same numbers."""
-    q, k, v = random_qkv(tq=6, tk=6)
-    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
-    mask[1, ..., 4:] = False
-    reference, _ = scaled_dot_product_attention(q, k, v, mask, causal=True)
-    low, weights = scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, causal=True)
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_bf16_on_cpu_agrees_with_fp32(case):
+    """bf16 on the CPU takes the readable path (faster there than the fused kernel): same numbers,
+    with every mask, the causal one included."""
+    q, k, v, mask, causal = mask_case(case)
+    reference, _ = scaled_dot_product_attention(q, k, v, mask, causal=causal)
+    low, weights = scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask, causal=causal)
     assert low.dtype == torch.bfloat16 and weights is None
     torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_cache_append_across_growth_equals_concatenation():
+    """The cache buffer grows by doubling; what it holds is always the concatenation of what was appended."""
+    cache = KVCache()
+    ks, vs = [], []
+    for n in (1, 1, 3, 1, 5, 1, 1):
+        k, v = torch.randn(2, 4, n, 8), torch.randn(2, 4, n, 8)
+        ks.append(k)
+        vs.append(v)
+        out_k, out_v = cache.append(k, v)
+        assert torch.equal(out_k, torch.cat(ks, dim=2)) and torch.equal(out_v, torch.cat(vs, dim=2))
+        assert out_k is cache.k and cache.buffers[0].size(2) >= cache.k.size(2)
+    assert cache.k.shape == (2, 4, 13, 8)
+
+
+def test_cache_index_select_then_append():
+    """Reordering rows (beam parents) or dropping them (finished sentences) keeps the rows' own K/V."""
+    cache = KVCache()
+    k, v = torch.randn(3, 2, 4, 8), torch.randn(3, 2, 4, 8)
+    cache.append(k, v)
+    rows = torch.tensor([2, 2, 0])
+    cache.index_select(rows)
+    k_new, v_new = torch.randn(3, 2, 1, 8), torch.randn(3, 2, 1, 8)
+    out_k, out_v = cache.append(k_new, v_new)
+    assert torch.equal(out_k, torch.cat([k[rows], k_new], dim=2))
+    assert torch.equal(out_v, torch.cat([v[rows], v_new], dim=2))
+    cache.index_select(torch.tensor([1]))
+    assert torch.equal(cache.k, torch.cat([k[[2]], k_new[[1]]], dim=2))
+
+
+def test_stacked_projection_equals_separate_linears_and_follows_updates():
+    """Without autograd Q, K, V come from one product with [W_Q; W_K; W_V]: the same numbers as the three
+    linears, and rebuilt when a weight changes (in place, as an optimizer step changes it)."""
+    attn = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    separate = attn.project(x, attn.w_q, attn.w_k, attn.w_v)  # autograd on: one linear at a time
+    with torch.no_grad():
+        stacked = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
+        for a, b in zip(separate, stacked, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        attn.w_k.weight.mul_(2.0)
+        attn.w_v.bias.add_(1.0)
+        updated = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
+    expected = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
+    for a, b in zip(expected, updated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -63,6 +63,19 @@ def test_causality_future_target_tokens_do_not_change_past_logits(variant):
     assert not torch.allclose(model(src, changed)[:, -1], logits[:, -1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_causality_holds_under_autocast_in_training_mode(dtype):
+    """The training path (dropout on, bf16 autocast on CPUs that have it): the future stays hidden."""
+    model = model_for(dropout=0.0).train()
+    src, tgt = random_ids(2, 6, 30), random_ids(2, 8, 30)
+    changed = tgt.clone()
+    changed[:, 5:] = random_ids(2, 3, 30)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        a, b = model(src, tgt), model(src, changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5], rtol=0, atol=0)
+    assert not torch.equal(a[:, 5:], b[:, 5:])
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
 def test_source_padding_does_not_change_outputs(variant):
     model = model_for(**variant)
@@ -114,6 +127,34 @@ def test_cache_reorder_and_select_follow_the_chosen_rows():
     cache.select(torch.tensor([1]))
     assert cache.src_mask.size(0) == 1 and cache.cross_attn[0].k.size(0) == 1
     assert cache.self_attn[0].k.size(0) == 1
+
+
+def test_beam_cache_shares_each_sentences_source_across_its_hypotheses():
+    """start_decoding(beam=K): K target rows per sentence read one copy of its source K/V (and mask).
+    Every row's next-token distribution equals a full forward pass of its own prefix, also after whole
+    sentences leave the batch (select) and rows follow their parents (reorder)."""
+    model = model_for()
+    k = 3
+    src = torch.cat([random_ids(2, 6, 30), torch.full((2, 1), EOS)], dim=1)
+    src[1, 3:] = PAD  # (2, 7): the second sentence is padded
+    tgt = torch.cat([torch.full((2 * k, 1), BOS), random_ids(2 * k, 4, 30)], dim=1)  # (B·K, 5)
+    rows_src = src.repeat_interleave(k, dim=0)  # (B·K, 7): what each row reads
+    cache = model.start_decoding(model.encode(src), beam=k)
+    assert cache.cross_attn[0].k.size(0) == 2  # one copy per sentence, not per hypothesis
+    for t in range(3):
+        step = model.decode_step(tgt[:, t : t + 1], cache)
+        expected = model(rows_src, tgt[:, : t + 1]).log_softmax(-1)[:, -1]
+        torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-5)
+    parents = torch.tensor([2, 2, 0, 4, 3, 3])  # each row continues a hypothesis of its own sentence
+    cache.reorder(parents)
+    continued = torch.cat([tgt[parents, :3], tgt[:, 3:4]], dim=1)
+    step = model.decode_step(tgt[:, 3:4], cache)
+    torch.testing.assert_close(step, model(rows_src, continued).log_softmax(-1)[:, -1], rtol=1e-4, atol=1e-5)
+    cache.select(torch.tensor([3, 4, 5]))  # sentence 0 is done: only sentence 1's rows stay
+    assert cache.cross_attn[0].k.size(0) == 1 and cache.src_mask.size(0) == 1
+    step = model.decode_step(tgt[3:, 4:5], cache)
+    continued = torch.cat([continued[3:], tgt[3:, 4:5]], dim=1)
+    torch.testing.assert_close(step, model(rows_src[3:], continued).log_softmax(-1)[:, -1], rtol=1e-4, atol=1e-5)
 
 
 def test_attention_maps_returned_as_data():

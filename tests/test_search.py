@@ -69,8 +69,8 @@ class ScriptedModel:
     def encode(self, src: torch.Tensor) -> list[tuple[int, ...]]:
         return [tuple(t for t in row if t != PAD_ID) for row in src.tolist()]
 
-    def start_decoding(self, encoded: list[tuple[int, ...]]) -> StubCache:
-        return StubCache(encoded)
+    def start_decoding(self, encoded: list[tuple[int, ...]], beam: int = 1) -> StubCache:
+        return StubCache([source for source in encoded for _ in range(beam)])  # `beam` rows per sentence
 
     def decode_step(self, tokens: torch.Tensor, cache: StubCache) -> torch.Tensor:
         self.batch_sizes.append(tokens.size(0))

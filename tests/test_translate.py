@@ -213,3 +213,13 @@ def test_help_and_version():
         result = run_cli(*args)
         assert result.returncode == 0 and "usage: zhen" in result.stdout
     assert run_cli("--version").stdout.startswith("zhen ")
+
+
+def test_evaluate_reads_a_corpus_as_configs_do(model_dir, tmp_path, capsys):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("我爱你\tI love you.\tattribution\n你好\tHello.\tattribution\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(model_dir), "--corpus", str(tsv), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sentences"] == 2 and result["corpus"] == str(tsv)
+    assert main(["evaluate", "--model", str(model_dir)]) == 2
+    assert "--src FILE --ref FILE, or --corpus" in capsys.readouterr().err

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zhen.linear import Linear, linear
+
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> Tensor:
     """Query i may see keys 0..i (aligned so the last query sees the last key): "遮右边"."""
@@ -41,17 +43,18 @@ def scaled_dot_product_attention(
     Two paths, same numbers (a test proves it): when the weights are not wanted, PyTorch's fused
     kernel; when they are (explain, plots), the formula written out step by step.
     """
+    # PyTorch's fused CPU kernel is slower than the formula below in bf16 (measured 3-9x for forward +
+    # backward at lengths 16-64 on an AVX-512 CPU), so bf16 on the CPU takes the readable path too.
+    fused = not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
     n_queries, n_keys = q.size(-2), k.size(-2)
     if causal and n_queries == 1:
         causal = False  # the newest token may look at every token before it
-    if causal and (mask is not None or need_weights or n_queries != n_keys):
-        allowed = causal_mask(n_queries, n_keys, q.device)
+    if causal and (mask is not None or not fused or n_queries != n_keys):
+        allowed = causal_mask(n_queries, n_keys, q.device)  # the fused kernel's is_causal, spelled out
         mask = allowed if mask is None else mask & allowed
         causal = False
 
-    # PyTorch's fused CPU kernel is slower than the formula below in bf16 (measured 3-9x for forward +
-    # backward at lengths 16-64 on an AVX-512 CPU), so bf16 on the CPU takes the readable path too.
-    if not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16):
+    if fused:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
         return out, None
 
@@ -123,14 +126,14 @@ class MultiHeadAttention(nn.Module):
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.dropout = dropout
-        self.w_q = nn.Linear(d_model, d_model)
-        self.w_k = nn.Linear(d_model, d_model)
-        self.w_v = nn.Linear(d_model, d_model)
-        self.w_o = nn.Linear(d_model, d_model)
-        self._stacked_cache: dict[tuple[int, ...], tuple] = {}  # see `project`
-        for linear in (self.w_q, self.w_k, self.w_v, self.w_o):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
+        self.w_q = Linear(d_model, d_model)
+        self.w_k = Linear(d_model, d_model)
+        self.w_v = Linear(d_model, d_model)
+        self.w_o = Linear(d_model, d_model)
+        self._stacked_cache: dict[tuple, tuple] = {}  # see `project`
+        for projection in (self.w_q, self.w_k, self.w_v, self.w_o):
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
 
     def split_heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
@@ -140,8 +143,8 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = x.shape
         return x.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)  # (B, H, T, Dh) → (B, T, D)
 
-    def project(self, x: Tensor, *linears: nn.Linear) -> tuple[Tensor, ...]:
-        """x·Wᵀ + b for each of `linears`, split into heads: (B, T, D) → n × (B, H, T, Dh).
+    def project(self, x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
+        """x·Wᵀ + b for each of `projections`, split into heads: (B, T, D) → n × (B, H, T, Dh).
 
         Without autograd (translation), the weights are stacked, e.g. [W_Q; W_K; W_V], and the projections
         are one matrix product: one pass over x, one call instead of three. The stacked copy is built once
@@ -149,20 +152,23 @@ class MultiHeadAttention(nn.Module):
         With autograd (training) each linear runs on its own, so gradients flow exactly as written.
         """
         if torch.is_grad_enabled():
-            return tuple(self.split_heads(linear(x)) for linear in linears)
-        weight, bias = self._stacked(linears)  # (n·D, D), (n·D,)
+            return tuple(self.split_heads(projection(x)) for projection in projections)
+        weight, bias = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,)
         b, t, _ = x.shape
-        y = F.linear(x, weight, bias).view(b, t, len(linears), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
+        y = linear(x, weight, bias).view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
         return y.permute(2, 0, 3, 1, 4).unbind(0)  # n × (B, H, T, Dh)
 
-    def _stacked(self, linears: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor]:
-        parameters = [p for linear in linears for p in (linear.weight, linear.bias)]
+    def _stacked(self, projections: tuple[nn.Linear, ...], device_type: str) -> tuple[Tensor, Tensor]:
+        # Under autocast the copy is kept in the autocast dtype: cast once, not at every call.
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else projections[0].weight.dtype
+        parameters = [p for projection in projections for p in (projection.weight, projection.bias)]
         version = tuple((p.data_ptr(), p._version) for p in parameters)  # changes whenever a parameter does
-        key = tuple(id(linear) for linear in linears)
+        key = (*(id(projection) for projection in projections), dtype)
         cached = self._stacked_cache.get(key)
         if cached is None or cached[0] != version:
-            weight = torch.cat([linear.weight for linear in linears])
-            bias = torch.cat([linear.bias for linear in linears])
+            weight = torch.cat([projection.weight for projection in projections]).to(dtype)
+            bias = torch.cat([projection.bias for projection in projections]).to(dtype)
             cached = self._stacked_cache[key] = (version, weight, bias)
         return cached[1], cached[2]
 
@@ -188,6 +194,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and cache.static and cache.k is not None:
             q = self.split_heads(self.w_q(x))  # (B, H, Tq, Dh)
             k, v = cache.k, cache.v  # the source's K/V, computed once per sentence
+            if k.size(0) < q.size(0):  # beam search: the hypotheses of one sentence share its source K/V
+                return self.shared_source_attention(q, k, v, mask, need_weights)
         elif memory is not None:  # cross-attention
             q = self.split_heads(self.w_q(x))  # (B, H, Tq, Dh)
             k, v = self.keys_values(memory)  # (B, H, Tk, Dh)
@@ -202,3 +210,22 @@ class MultiHeadAttention(nn.Module):
             q, k, v, mask, causal=causal, dropout_p=dropout_p, need_weights=need_weights
         )  # (B, H, Tq, Dh)
         return self.w_o(self.merge_heads(out)), weights  # concatenate the heads, then W_O
+
+    def shared_source_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Cross-attention of G hypotheses per sentence, one query each, to their sentence's source K/V.
+
+        q: (B·G, H, 1, Dh), rows i·G … i·G + G - 1 belonging to sentence i; k, v: (B, H, S, Dh).
+        The G queries of a sentence are stacked as if they were G target positions of one sequence,
+        (B, H, G, Dh): each sentence's K/V is read once, not once per hypothesis. Same numbers, fewer bytes.
+        """
+        b, h, _, dh = k.shape
+        group = q.size(0) // b
+        q = q.view(b, group, h, dh).transpose(1, 2)  # (B, H, G, Dh)
+        dropout_p = self.dropout if self.training else 0.0
+        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p, need_weights=need_weights)
+        out = out.transpose(1, 2).reshape(b * group, 1, h * dh)  # (B, H, G, Dh) → (B·G, 1, D)
+        if weights is not None:
+            weights = weights.transpose(1, 2).reshape(b * group, h, 1, -1)  # (B·G, H, 1, S)
+        return self.w_o(out), weights  # concatenated heads, then W_O

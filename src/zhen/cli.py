@@ -86,21 +86,35 @@ def _read_lines(path: Path):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from zhen.errors import ZhenError
     from zhen.evaluate import score
 
-    sources = list(_read_lines(Path(args.src)))
-    references = [line.rstrip("\r\n") for line in _read_lines(Path(args.ref))]
-    if len(sources) != len(references):
-        from zhen.errors import ZhenError
+    if args.corpus:
+        if args.src or args.ref:
+            raise ZhenError("give either --corpus or --src and --ref, not both")
+        from zhen.config import CorpusConfig
+        from zhen.data import read_corpus
 
-        raise ZhenError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        pairs = list(read_corpus(CorpusConfig(path=args.corpus)))
+        if not pairs:
+            raise ZhenError(f"{args.corpus}: no sentence pairs to evaluate")
+        sources, references = [zh for zh, _ in pairs], [en for _, en in pairs]
+        where = {"corpus": args.corpus}
+    elif args.src and args.ref:
+        sources = [line.rstrip("\r\n") for line in _read_lines(Path(args.src))]
+        references = [line.rstrip("\r\n") for line in _read_lines(Path(args.ref))]
+        if len(sources) != len(references):
+            raise ZhenError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        where = {"src": args.src, "ref": args.ref}
+    else:
+        raise ZhenError("give --src FILE --ref FILE, or --corpus PATH (a .tsv, .jsonl, PREFIX of .zh/.en, or hsk)")
     translator = _load_translator(args)
-    hypotheses = translator.translate([line.rstrip("\r\n") for line in sources])
+    hypotheses = translator.translate(sources)
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     scores = score(hypotheses, references)
     if args.json:
-        print(json.dumps({"model": str(args.model or "shipped"), "src": args.src, "ref": args.ref,
+        print(json.dumps({"model": str(args.model or "shipped"), **where, "beam": translator.config.decode.beam,
                           **scores.to_dict()}, ensure_ascii=False))
     else:
         print(scores)
@@ -177,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_translate)
 
     p = commands.add_parser("evaluate", help="translate a test set and print sacreBLEU BLEU and chrF")
-    p.add_argument("--src", required=True, help="Chinese source file, one sentence per line")
-    p.add_argument("--ref", required=True, help="English reference file, line-aligned with --src")
+    p.add_argument("--src", help="Chinese source file, one sentence per line")
+    p.add_argument("--ref", help="English reference file, line-aligned with --src")
+    p.add_argument("--corpus", help="instead of --src/--ref: a corpus as in a config (.tsv, .jsonl, PREFIX, hsk)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--output", "-o", help="also write the translations to this file")
     _model_args(p)

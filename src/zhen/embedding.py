@@ -79,4 +79,4 @@ class Embeddings(nn.Module):
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """`offset` is the position of the first id: non-zero when decoding one token at a time."""
         x = self.tokens(ids) + self.positions(ids.size(1), offset)  # (B, T, D)
-        return self.dropout(x)
+        return self.dropout(x) if self.training else x

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zhen.attention import KVCache, MultiHeadAttention
+from zhen.linear import Linear
 
 
 class AddNorm(nn.Module):
@@ -34,9 +35,11 @@ class AddNorm(nn.Module):
         return self.norm(x) if self.pre_norm else x
 
     def after(self, x: Tensor, fx: Tensor) -> Tensor:
+        if self.training:  # dropout is the identity in eval mode: skip the call when translating
+            fx = self.dropout(fx)
         if self.pre_norm:
-            return x + self.dropout(fx)
-        return self.norm(x + self.dropout(fx))  # (B, T, D)
+            return x + fx
+        return self.norm(x + fx)  # (B, T, D)
 
 
 class FeedForward(nn.Module):
@@ -44,8 +47,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu") -> None:
         super().__init__()
-        self.w_1 = nn.Linear(d_model, d_ff)
-        self.w_2 = nn.Linear(d_ff, d_model)
+        self.w_1 = Linear(d_model, d_ff)
+        self.w_2 = Linear(d_ff, d_model)
         self.activation = F.gelu if activation == "gelu" else F.relu
         for linear in (self.w_1, self.w_2):
             nn.init.xavier_uniform_(linear.weight)

@@ -17,6 +17,7 @@ from zhen.attention import KVCache
 from zhen.config import ModelConfig
 from zhen.embedding import Embeddings, PositionalEncoding, TokenEmbedding
 from zhen.layers import DecoderLayer, EncoderLayer
+from zhen.linear import Linear
 
 
 @dataclass
@@ -40,24 +41,32 @@ class Decoded:
 @dataclass
 class DecoderCache:
     """Everything incremental decoding keeps between steps: per layer the self-attention K/V of the
-    tokens so far, and the cross-attention K/V of the source, computed once per sentence."""
+    tokens so far, and the cross-attention K/V of the source, computed once per sentence.
+
+    With beam search each sentence has `beam` hypotheses, rows i·K … i·K + K - 1 of the target side;
+    they all read the same source, so the source K/V and mask keep one row per sentence.
+    """
 
     self_attn: list[KVCache]
     cross_attn: list[KVCache]
     src_mask: Tensor  # (B, 1, 1, S)
+    beam: int = 1  # hypotheses (target rows) per sentence
     length: int = 0  # target tokens decoded so far: the position of the next one
 
     def reorder(self, parents: Tensor) -> None:
-        """Beam search: every hypothesis continues the prefix of its parent beam. The source K/V
-        rows of beams of one sentence are identical, so only the self-attention K/V move."""
+        """Beam search: every hypothesis continues the prefix of its parent beam, a beam of the same
+        sentence, so only the self-attention K/V move."""
         for cache in self.self_attn:
             cache.index_select(parents)
 
     def select(self, rows: Tensor) -> None:
-        """Keep only `rows` of the batch (finished sentences leave)."""
-        for cache in self.self_attn + self.cross_attn:
+        """Keep only target `rows` (B'·K,), whole sentences' worth (finished sentences leave)."""
+        for cache in self.self_attn:
             cache.index_select(rows)
-        self.src_mask = self.src_mask.index_select(0, rows)
+        sentences = rows[:: self.beam] // self.beam  # (B',) every row of a sentence descends from it
+        for cache in self.cross_attn:
+            cache.index_select(sentences)
+        self.src_mask = self.src_mask.index_select(0, sentences)
 
 
 class Transformer(nn.Module):
@@ -78,7 +87,7 @@ class Transformer(nn.Module):
         # Pre-norm leaves the residual stream unnormalised, so each stack ends with one LayerNorm.
         self.encoder_norm = nn.LayerNorm(c.d_model) if pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model) if pre_norm else nn.Identity()
-        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if c.tie_output:
             self.output.weight = tgt_tokens.weight  # one matrix for the target embedding and the logits
         else:
@@ -135,13 +144,14 @@ class Transformer(nn.Module):
         encoded = self.encode(src)
         return self.logits(self.decode(tgt, encoded.memory, encoded.src_mask).hidden)
 
-    def start_decoding(self, encoded: Encoded) -> DecoderCache:
-        """Compute every decoder layer's cross-attention K/V (H_enc·W_K, H_enc·W_V) once per sentence."""
+    def start_decoding(self, encoded: Encoded, beam: int = 1) -> DecoderCache:
+        """Compute every decoder layer's cross-attention K/V (H_enc·W_K, H_enc·W_V) once per sentence.
+        `beam`: hypotheses per sentence, decoded as rows i·K … i·K + K - 1 (see `DecoderCache`)."""
         cross = []
         for layer in self.decoder_layers:
             k, v = layer.cross_attn.keys_values(encoded.memory)  # (B, H, S, Dh) each
             cross.append(KVCache(k, v, static=True))
-        return DecoderCache([KVCache() for _ in self.decoder_layers], cross, encoded.src_mask)
+        return DecoderCache([KVCache() for _ in self.decoder_layers], cross, encoded.src_mask, beam)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """The next-token distribution: newest tokens (B, 1) → log-probabilities (B, V), cache grown by one."""

@@ -199,7 +199,7 @@ def beam_search(
 
     Layout: sentence i owns rows i·K … i·K + K - 1 of every decoder tensor. Each step, `beam_step` picks the
     parents; the loop re-indexes the token prefixes and the self-attention cache by them (the cross-attention
-    K/V of a sentence's beams are identical, so they stay), and done sentences' rows leave the batch.
+    K/V, one copy per sentence that its K beams share, stay), and done sentences' rows leave the batch.
     The model must be in eval mode (dropout off).
     """
     if not 1 <= nbest <= beam:
@@ -209,8 +209,7 @@ def beam_search(
         return []
     max_lens = max_output_lengths(src, max_len_a, max_len_b, model.config.max_positions, pad_id)  # (B,)
     shortest, longest = int(max_lens.min()), int(max_lens.max())
-    cache = model.start_decoding(model.encode(src))
-    cache.select(torch.arange(n, device=device).repeat_interleave(k))  # K copies of every sentence: (B·K) rows
+    cache = model.start_decoding(model.encode(src), beam=k)  # target rows i·K … i·K + K - 1: sentence i
     sentences = torch.arange(n)  # (B,) on the host: input index of each sentence still being decoded
     scores = torch.full((n, k), NEG_INF, device=device)  # (B, K)
     scores[:, 0] = 0.0  # the K beams start as the same empty prefix: keep one, or all K would pick alike
@@ -250,7 +249,7 @@ def beam_search(
             keep = keep.to(device)
             scores, tokens = scores[keep], tokens[keep]  # (B', K)
             parent_rows = parent_rows.view(b, k)[keep].view(-1)  # (B'·K,)
-            cache.select(parent_rows)  # self K/V by parent; cross K/V and mask by sentence (same rows)
+            cache.select(parent_rows)  # self K/V by parent; cross K/V and mask by sentence
         else:
             cache.reorder(parent_rows)
         prefixes = torch.cat([prefixes[parent_rows], tokens.view(-1, 1)], dim=1)  # (B·K, t + 1)

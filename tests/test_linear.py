@@ -1,0 +1,50 @@
+"""The linear layer's few-rows path (decoding steps) computes what `F.linear` computes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zhen.linear import FEW_ROWS, Linear, linear
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (5, 1, 64), (2, 3, 64), (FEW_ROWS, 64), (FEW_ROWS + 1, 64)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_f_linear(threads, shape, bias):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, weight = torch.randn(*shape), torch.randn(96, 64)
+        b = torch.randn(96) if bias else None
+        with torch.no_grad():
+            y = linear(x, weight, b)
+        assert y.shape == (*shape[:-1], 96) and y.is_contiguous()
+        torch.testing.assert_close(y, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_odd_output_size_and_non_contiguous_weight_fall_back():
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        odd = torch.randn(97, 64)
+        torch.testing.assert_close(linear(x, odd), F.linear(x, odd))
+        transposed = torch.randn(64, 96).t()  # (96, 64), not contiguous
+        torch.testing.assert_close(linear(x, transposed), F.linear(x, transposed))
+
+
+def test_module_keeps_nn_linear_state_dict_and_gradients():
+    layer = Linear(64, 96)
+    reference = torch.nn.Linear(64, 96)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 64)
+    layer(x).sum().backward()  # autograd on: PyTorch's own path
+    reference(x).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
