@@ -116,6 +116,17 @@ def test_averaging_checkpoints_is_the_mean(tiny_run, tmp_path):
     assert Translator.load(out).translate(["你好"])[0] is not None
 
 
+def test_average_and_export_commands(tiny_run, tmp_path, capsys):
+    assert main(["average", str(tiny_run), "--last", "2", "-o", str(tmp_path / "avg")]) == 0
+    assert "averaged 2 checkpoints" in capsys.readouterr().out
+    torch.testing.assert_close(weights(tmp_path / "avg"), weights(ckpt.export_model(
+        ckpt.list_checkpoints(tiny_run)[-2:], tmp_path / "avg-api")))
+    assert main(["export", str(tmp_path / "avg"), "-o", str(tmp_path / "half"), "--dtype", "float16"]) == 0
+    assert all(w.dtype == torch.float16 for w in weights(tmp_path / "half").values())
+    assert main(["average", str(tmp_path / "half"), "-o", str(tmp_path / "none")]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- resume after SIGKILL
 
 KILLED_RUN = """

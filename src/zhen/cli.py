@@ -146,9 +146,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_average(args: argparse.Namespace) -> int:
     from zhen.checkpoint import CheckpointError, export_model, list_checkpoints
 
-    checkpoints = list_checkpoints(Path(args.run))
+    checkpoints = list_checkpoints(Path(args.run_dir))
     if not checkpoints:
-        raise CheckpointError(f"no checkpoints in {args.run}/checkpoints")
+        raise CheckpointError(f"no checkpoints in {args.run_dir}/checkpoints")
     chosen = checkpoints[-args.last :]
     out = export_model(chosen, Path(args.output), dtype=_dtype(args.dtype))
     print(f"averaged {len(chosen)} checkpoints ({chosen[0].name} … {chosen[-1].name}) into {out}")
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_tokenize)
 
     p = commands.add_parser("average", help="average the last K checkpoints of a training run into a model")
-    p.add_argument("run", help="training run directory")
+    p.add_argument("run_dir", metavar="RUN", help="training run directory")
     p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
     p.add_argument("--output", "-o", required=True, help="new model directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
