@@ -377,6 +377,10 @@ def fmt(x: float) -> str:
     return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
 
 
+def search_label(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
+
+
 def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args: argparse.Namespace) -> str:
     engines = list(dict.fromkeys(r.engine for r in rows))
     settings = list(dict.fromkeys((r.config, r.beam, r.batch) for r in rows))
@@ -401,15 +405,13 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
     for config, beam, batch in settings:
         cells = [fmt(by[config, beam, batch, e].sentences_per_s) if (config, beam, batch, e) in by else ""
                  for e in engines]
-        search_name = "greedy" if beam == 1 else f"beam {beam}"
-        lines.append(f"| {config} | {search_name} | {batch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {search_label(beam)} | {batch} | " + " | ".join(cells) + " |")
     lines += ["", "Target tokens/s:", "", "| model | search | batch | " + " | ".join(engines) + " |",
               "|---|---|---|" + "---:|" * len(engines)]
     for config, beam, batch in settings:
         cells = [fmt(by[config, beam, batch, e].sentences_per_s * args.tokens)
                  if (config, beam, batch, e) in by else "" for e in engines]
-        search_name = "greedy" if beam == 1 else f"beam {beam}"
-        lines.append(f"| {config} | {search_name} | {batch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {search_label(beam)} | {batch} | " + " | ".join(cells) + " |")
 
     lines += ["", "Targets: zhen fp32 ≥ 2× HF and ≥ 0.7× the better CTranslate2 float32 (1 or 2 threads):", "",
               "| model | search | batch | zhen fp32 | HF | best CT2 fp32 | zhen / HF | zhen / CT2 fp32 | "
@@ -427,8 +429,8 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
         b_ct2 = f"{bf16.sentences_per_s / best.sentences_per_s:.2f}×" if bf16 else ""
         met = "both met" if r_hf >= 2 and r_ct2 >= 0.7 else " ".join(
             m for m, ok in (("HF missed", r_hf >= 2), ("CT2 missed", r_ct2 >= 0.7)) if not ok)
-        search_name = "greedy" if beam == 1 else f"beam {beam}"
-        lines.append(f"| {config} | {search_name} | {batch} | {fmt(ours.sentences_per_s)} | {fmt(hf.sentences_per_s)}"
+        lines.append(f"| {config} | {search_label(beam)} | {batch} | {fmt(ours.sentences_per_s)} | "
+                     f"{fmt(hf.sentences_per_s)}"
                      f" | {fmt(best.sentences_per_s)} ({best.engine[-2:]}) | {r_hf:.2f}× | {r_ct2:.2f}× | {b_hf} | "
                      f"{b_ct2} | {met} |")
 
@@ -437,8 +439,7 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
               "|---|---|---|" + "---:|" * len(engines)]
     for config, beam, batch in settings:
         cells = [f"{r.same_as_zhen}/{r.sentences}" if (r := by.get((config, beam, batch, e))) else "" for e in engines]
-        search_name = "greedy" if beam == 1 else f"beam {beam}"
-        lines.append(f"| {config} | {search_name} | {batch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {search_label(beam)} | {batch} | " + " | ".join(cells) + " |")
 
     lines += ["", "Checks (teacher forcing on 4 random sentences; beam n-best sets on the 32 sentences):", ""]
     for config, check in checks.items():

@@ -174,8 +174,7 @@ class MultiHeadAttention(nn.Module):
 
     def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """K = source·W_K, V = source·W_V, split into heads: (B, Tk, D) → 2 × (B, H, Tk, Dh)."""
-        k, v = self.project(source, self.w_k, self.w_v)
-        return k, v
+        return self.project(source, self.w_k, self.w_v)
 
     def forward(
         self,
@@ -194,8 +193,6 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and cache.static and cache.k is not None:
             q = self.split_heads(self.w_q(x))  # (B, H, Tq, Dh)
             k, v = cache.k, cache.v  # the source's K/V, computed once per sentence
-            if k.size(0) < q.size(0):  # beam search: the hypotheses of one sentence share its source K/V
-                return self.shared_source_attention(q, k, v, mask, need_weights)
         elif memory is not None:  # cross-attention
             q = self.split_heads(self.w_q(x))  # (B, H, Tq, Dh)
             k, v = self.keys_values(memory)  # (B, H, Tk, Dh)
@@ -205,27 +202,16 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.project(x, self.w_q, self.w_k, self.w_v)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k, v = cache.append(k, v)  # the prefix's K/V plus the new tokens'
+        # Beam search: the G hypotheses of a sentence (rows i·G … i·G + G - 1, one query each) share its one
+        # copy of the source K/V; their queries are attended as G positions of one sequence, so each
+        # sentence's K/V is read once, not once per hypothesis.
+        group = q.size(0) // k.size(0)
+        if group > 1:
+            q = q.view(k.size(0), group, self.n_heads, self.d_head).transpose(1, 2)  # (B·G, H, 1, Dh) → (B, H, G, Dh)
         dropout_p = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(
             q, k, v, mask, causal=causal, dropout_p=dropout_p, need_weights=need_weights
         )  # (B, H, Tq, Dh)
+        if group > 1:  # back to one row per hypothesis: (B, H, G, ·) → (B·G, H, 1, ·)
+            out, weights = (None if t is None else t.transpose(1, 2).flatten(0, 1).unsqueeze(2) for t in (out, weights))
         return self.w_o(self.merge_heads(out)), weights  # concatenate the heads, then W_O
-
-    def shared_source_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        """Cross-attention of G hypotheses per sentence, one query each, to their sentence's source K/V.
-
-        q: (B·G, H, 1, Dh), rows i·G … i·G + G - 1 belonging to sentence i; k, v: (B, H, S, Dh).
-        The G queries of a sentence are stacked as if they were G target positions of one sequence,
-        (B, H, G, Dh): each sentence's K/V is read once, not once per hypothesis. Same numbers, fewer bytes.
-        """
-        b, h, _, dh = k.shape
-        group = q.size(0) // b
-        q = q.view(b, group, h, dh).transpose(1, 2)  # (B, H, G, Dh)
-        dropout_p = self.dropout if self.training else 0.0
-        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p, need_weights=need_weights)
-        out = out.transpose(1, 2).reshape(b * group, 1, h * dh)  # (B, H, G, Dh) → (B·G, 1, D)
-        if weights is not None:
-            weights = weights.transpose(1, 2).reshape(b * group, h, 1, -1)  # (B·G, H, 1, S)
-        return self.w_o(out), weights  # concatenated heads, then W_O
