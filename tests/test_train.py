@@ -208,6 +208,15 @@ def test_nan_loss_is_reported_with_its_step(tmp_path, monkeypatch):
     assert ckpt.read_pointer(out, "latest").name == "step-0000006"  # the bad update was skipped, not counted
 
 
+def test_wall_clock_limit_makes_the_current_step_the_last(tmp_path, capsys):
+    """train.max_minutes stops a run that max_steps would let go on, with a checkpoint of the last step."""
+    out = train(tiny_config("train.max_steps=100000", "train.max_minutes=1e-6"), tmp_path / "run")
+    assert ckpt.read_pointer(out, "latest").name == "step-0000001"  # the deadline passed during the first step
+    done = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert done["kind"] == "done" and done["reason"] == "reached train.max_minutes=1e-06"
+    assert "stopped: reached train.max_minutes=1e-06" in capsys.readouterr().out
+
+
 def test_out_of_memory_batch_is_split_and_training_continues(tmp_path, monkeypatch, capsys):
     real_forward = Transformer.forward
 

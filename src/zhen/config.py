@@ -178,6 +178,7 @@ class TrainConfig:
     update_tokens: int = 0  # target tokens per update by accumulating batches; 0: one batch
     max_steps: int = 100_000
     max_epochs: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # wall-clock limit of this run (a resumed run counts afresh); 0: no limit
     valid_every: int = 1000  # steps between validations (and checkpoints)
     save_every: int = 0  # steps between checkpoints; 0: with every validation
     keep_last: int = 5  # checkpoints kept for resuming and averaging
@@ -200,6 +201,7 @@ class TrainConfig:
         _check(self.update_tokens >= 0, "train.update_tokens must be non-negative")
         _check(self.max_steps > 0, "train.max_steps must be positive")
         _check(self.max_epochs >= 0, "train.max_epochs must be non-negative")
+        _check(self.max_minutes >= 0, "train.max_minutes must be non-negative")
         _check(self.valid_every > 0, "train.valid_every must be positive")
         _check(self.save_every >= 0, "train.save_every must be non-negative")
         _check(self.keep_last >= 1, "train.keep_last must be at least 1")

@@ -433,6 +433,7 @@ def train(
     window = {"loss": 0.0, "tokens": 0.0, "start": time.perf_counter(), "updates": 0}
     save_every = t.save_every or t.valid_every
     stop_reason = ""
+    deadline = time.perf_counter() + 60 * t.max_minutes if t.max_minutes else math.inf
     try:
         while not stop_reason:
             if t.max_epochs and state.epoch >= t.max_epochs:
@@ -460,7 +461,12 @@ def train(
                     log.write("train", state.step, loss=loss, lr=stats["lr"], grad_norm=stats["grad_norm"],
                               target_tokens_per_s=tokens_per_s, epoch=state.epoch)
                     window = {"loss": 0.0, "tokens": 0.0, "start": time.perf_counter(), "updates": 0}
-                is_last = state.step >= t.max_steps
+                out_of_time = time.perf_counter() >= deadline
+                if t.max_minutes and processes.world > 1:  # the main process's clock decides for everyone
+                    flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
+                    dist.broadcast(flag, 0)
+                    out_of_time = bool(flag.item())
+                is_last = state.step >= t.max_steps or out_of_time  # validated and saved like any last step
                 if state.step % t.valid_every == 0 or is_last:
                     if processes.main and dev_sets:
                         results = validate(trainer, tokenizer, dev_sets)
@@ -491,7 +497,9 @@ def train(
                 if on_update is not None:
                     on_update(state)
                 if is_last:
-                    stop_reason = stop_reason or f"reached train.max_steps={t.max_steps}"
+                    by_steps = state.step >= t.max_steps
+                    limit = f"max_steps={t.max_steps}" if by_steps else f"max_minutes={t.max_minutes:g}"
+                    stop_reason = stop_reason or f"reached train.{limit}"
                 if stop_reason:
                     break
             else:
