@@ -1,10 +1,14 @@
-"""The linear layer's few-rows path (decoding steps) computes what `F.linear` computes."""
+"""The linear layer's inference routes (weight-stationary blocks, oneDNN on packed weights) compute what
+`F.linear` computes, and the packed copy follows the weight."""
+
+import copy
+import pickle
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from zhen.linear import FEW_ROWS, Linear, linear
+from zhen.linear import FEW_ROWS, ONEDNN, Linear, linear, pack
 
 
 @pytest.fixture(autouse=True)
@@ -13,7 +17,7 @@ def _seed():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 1, 64), (5, 1, 64), (2, 3, 64), (FEW_ROWS, 64), (FEW_ROWS + 1, 64)])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (FEW_ROWS, 64), (5, 1, 64), (2, 3, 64), (33, 64), (4, 40, 64)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_equals_f_linear(threads, shape, bias):
     previous = torch.get_num_threads()
@@ -22,11 +26,31 @@ def test_equals_f_linear(threads, shape, bias):
         x, weight = torch.randn(*shape), torch.randn(96, 64)
         b = torch.randn(96) if bias else None
         with torch.no_grad():
-            y = linear(x, weight, b)
-        assert y.shape == (*shape[:-1], 96) and y.is_contiguous()
-        torch.testing.assert_close(y, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+            for packed in (None, pack(weight)):
+                y = linear(x, weight, b, packed)
+                assert y.shape == (*shape[:-1], 96) and y.is_contiguous()
+                torch.testing.assert_close(y, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
+def test_packed_copy_follows_the_weight_and_is_not_copied():
+    layer = Linear(64, 96)
+    x = torch.randn(5, 64)  # more than FEW_ROWS rows: the packed route
+    with torch.no_grad():
+        before = layer(x)
+        first = layer.packed.packed
+        assert first is not None and layer.packed.get(layer.weight) is first  # kept while W is unchanged
+        layer.weight.mul_(2.0)  # in place, as an optimizer step: the version changes
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert layer.packed.packed is not first
+        layer.weight = torch.nn.Parameter(torch.randn(96, 64))  # replaced
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            assert clone.packed.packed is None
+            torch.testing.assert_close(clone(x), layer(x))
+    assert not torch.equal(before, layer(x).detach())
 
 
 def test_odd_output_size_and_non_contiguous_weight_fall_back():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zhen.linear import Linear, linear
+from zhen.linear import DerivedCache, Linear, linear, pack
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> Tensor:
@@ -130,7 +130,7 @@ class MultiHeadAttention(nn.Module):
         self.w_k = Linear(d_model, d_model)
         self.w_v = Linear(d_model, d_model)
         self.w_o = Linear(d_model, d_model)
-        self._stacked_cache: dict[tuple, tuple] = {}  # see `project`
+        self._stacked_cache: dict[tuple, tuple] = DerivedCache()  # see `project`
         for projection in (self.w_q, self.w_k, self.w_v, self.w_o):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.zeros_(projection.bias)
@@ -153,12 +153,12 @@ class MultiHeadAttention(nn.Module):
         """
         if torch.is_grad_enabled():
             return tuple(self.split_heads(projection(x)) for projection in projections)
-        weight, bias = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,)
+        weight, bias, packed = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,), its packed copy
         b, t, _ = x.shape
-        y = linear(x, weight, bias).view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
+        y = linear(x, weight, bias, packed).view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
         return y.permute(2, 0, 3, 1, 4).unbind(0)  # n × (B, H, T, Dh)
 
-    def _stacked(self, projections: tuple[nn.Linear, ...], device_type: str) -> tuple[Tensor, Tensor]:
+    def _stacked(self, projections: tuple[nn.Linear, ...], device_type: str) -> tuple[Tensor, Tensor, Tensor | None]:
         # Under autocast the copy is kept in the autocast dtype: cast once, not at every call.
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else projections[0].weight.dtype
@@ -169,8 +169,8 @@ class MultiHeadAttention(nn.Module):
         if cached is None or cached[0] != version:
             weight = torch.cat([projection.weight for projection in projections]).to(dtype)
             bias = torch.cat([projection.bias for projection in projections]).to(dtype)
-            cached = self._stacked_cache[key] = (version, weight, bias)
-        return cached[1], cached[2]
+            cached = self._stacked_cache[key] = (version, weight, bias, pack(weight))
+        return cached[1], cached[2], cached[3]
 
     def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """K = source·W_K, V = source·W_V, split into heads: (B, Tk, D) → 2 × (B, H, Tk, Dh)."""
