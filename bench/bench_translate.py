@@ -359,7 +359,8 @@ def time_engine(engine: Engine, batches: list[list[list[int]]], beam: int, repea
     return times, outputs
 
 
-MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}  # where torch's GEMMs run (MKL)
+# where torch's GEMMs run: MKL (aten) and oneDNN on packed weights (zhen's linear.py from 3 rows on)
+MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise"}
 
 
 def profile_engine(engine: Engine, batches: list[list[list[int]]], beam: int, title: str | None = None,
@@ -475,7 +476,8 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
                      f" | {fmt(best.sentences_per_s)} ({best.engine[-2:]}) | {r_hf:.2f}× | {r_ct2:.2f}× | {b_hf} | "
                      f"{b_ct2} | {met} |")
 
-    lines += ["", "Time in matrix products (self CPU time of aten::mm/addmm/bmm/baddbmm in one pass under "
+    lines += ["", "Time in matrix products (self CPU time of aten::mm/addmm/bmm/baddbmm and oneDNN's "
+              "mkldnn::_linear_pointwise in one pass under "
               "torch.profiler, which slows small operators down, so the shares are lower bounds). zhen at 2× HF "
               "needs its whole pass within half of HF's best time:", "",
               "| model | search | batch | HF best pass | HF matrix products | HF share | half HF | "
