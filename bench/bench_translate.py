@@ -372,10 +372,10 @@ def profile_engine(engine: Engine, batches: list[list[list[int]]], beam: int, ti
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for batch in batches:
             engine.translate(batch, beam, 1)
+    averages = prof.key_averages()
     if title:
         print(f"-- profile: {title}")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
-    averages = prof.key_averages()
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
     gemm = sum(e.self_cpu_time_total for e in averages if e.key in MATRIX_PRODUCTS) / 1e6
     return gemm, sum(e.self_cpu_time_total for e in averages) / 1e6
 

@@ -39,6 +39,7 @@ def write(tmp_path, text):
         ("[model]\ndropout = 1.5\n", r"model\.dropout must be in \[0, 1\)"),
         ("[train]\nbetas = [0.9]\n", "train.betas must have 2 values"),
         ("[decode]\nbeam = 0\n", "decode.beam must be at least 1"),
+        ("[train]\nmax_minutes = -1\n", "train.max_minutes must be non-negative"),
         ("[data]\ntrain = [{ path = 'x', colour = 1 }]\n", r"data\.train\[0\]\.colour"),
         ("[data]\ntrain = [{ format = 'tsv' }]\n", "needs a path"),
         ("[model\n", "not a valid config file"),

@@ -34,21 +34,26 @@ def test_equals_f_linear(threads, shape, bias):
         torch.set_num_threads(previous)
 
 
+def packed_copy(layer: Linear) -> torch.Tensor | None:
+    cached = layer.derived.get("packed")  # (parameter versions, packed weight)
+    return None if cached is None else cached[1]
+
+
 @pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
 def test_packed_copy_follows_the_weight_and_is_not_copied():
     layer = Linear(64, 96)
     x = torch.randn(5, 64)  # more than FEW_ROWS rows: the packed route
     with torch.no_grad():
         before = layer(x)
-        first = layer.packed.packed
-        assert first is not None and layer.packed.get(layer.weight) is first  # kept while W is unchanged
+        first = packed_copy(layer)
+        assert first is not None and layer.derived.derive("packed", [layer.weight], lambda: None) is first  # kept
         layer.weight.mul_(2.0)  # in place, as an optimizer step: the version changes
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
-        assert layer.packed.packed is not first
+        assert packed_copy(layer) is not first
         layer.weight = torch.nn.Parameter(torch.randn(96, 64))  # replaced
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
         for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
-            assert clone.packed.packed is None
+            assert packed_copy(clone) is None
             torch.testing.assert_close(clone(x), layer(x))
     assert not torch.equal(before, layer(x).detach())
 

@@ -130,7 +130,7 @@ class MultiHeadAttention(nn.Module):
         self.w_k = Linear(d_model, d_model)
         self.w_v = Linear(d_model, d_model)
         self.w_o = Linear(d_model, d_model)
-        self._stacked_cache: dict[tuple, tuple] = DerivedCache()  # see `project`
+        self._stacked_cache = DerivedCache()  # see `project`
         for projection in (self.w_q, self.w_k, self.w_v, self.w_o):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.zeros_(projection.bias)
@@ -163,14 +163,13 @@ class MultiHeadAttention(nn.Module):
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else projections[0].weight.dtype
         parameters = [p for projection in projections for p in (projection.weight, projection.bias)]
-        version = tuple((p.data_ptr(), p._version) for p in parameters)  # changes whenever a parameter does
-        key = (*(id(projection) for projection in projections), dtype)
-        cached = self._stacked_cache.get(key)
-        if cached is None or cached[0] != version:
+
+        def build() -> tuple[Tensor, Tensor, Tensor | None]:
             weight = torch.cat([projection.weight for projection in projections]).to(dtype)
             bias = torch.cat([projection.bias for projection in projections]).to(dtype)
-            cached = self._stacked_cache[key] = (version, weight, bias, pack(weight))
-        return cached[1], cached[2], cached[3]
+            return weight, bias, pack(weight)
+
+        return self._stacked_cache.derive((*(id(projection) for projection in projections), dtype), parameters, build)
 
     def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
         """K = source·W_K, V = source·W_V, split into heads: (B, Tk, D) → 2 × (B, H, Tk, Dh)."""

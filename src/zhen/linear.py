@@ -20,6 +20,7 @@ Shapes: R rows (every dimension of x but the last), K input features, N output f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +48,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, packed: Tensor
     """y = x·Wᵀ + b: x (…, K), weight (N, K), bias (N,) → (…, N). `packed`: `pack(weight)`, or None."""
     if not inference_on_cpu(x):
         return F.linear(x, weight, bias)
+    return _inference_linear(x, weight, bias, packed)
+
+
+def _inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor | None) -> Tensor:
+    """`linear` once `inference_on_cpu(x)` holds: the weight-stationary blocks or oneDNN (see the module doc)."""
     n, k = weight.shape
     rows = x.numel() // k
     blocks = torch.get_num_threads()
@@ -60,40 +66,32 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, packed: Tensor
     return F.linear(x, weight, bias)
 
 
-class PackedWeight:
-    """`pack(W)`, kept while W is unchanged: rebuilt when W is updated in place (an optimizer step bumps its
-    version) or replaced (a new tensor). Not saved: copies and pickles start empty."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.packed: Tensor | None = None
-
-    def get(self, weight: Tensor) -> Tensor | None:
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if key != self.key:
-            self.key, self.packed = key, pack(weight)
-        return self.packed
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"key": None, "packed": None}
-
-
 class DerivedCache(dict):
-    """A dict of tensors derived from parameters (stacked, packed): copies and pickles start empty, as
-    oneDNN's packed tensors cannot be copied, and the copy would not share the original's parameters anyway."""
+    """Tensors derived from parameters (stacked, packed), each rebuilt when one of its parameters changes:
+    updated in place (an optimizer step bumps its version) or replaced (a new tensor). Copies and pickles
+    start empty: oneDNN's packed tensors cannot be copied, and a copy's parameters are not the original's."""
+
+    def derive(self, key: Hashable, parameters: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+        version = tuple((p.data_ptr(), p._version) for p in parameters)  # changes whenever a parameter does
+        cached = self.get(key)
+        if cached is None or cached[0] != version:
+            cached = self[key] = (version, build())
+        return cached[1]
 
     def __reduce__(self) -> tuple:
         return (type(self), ())
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same state dict) whose forward is `linear` above."""
+    """`nn.Linear` (same parameters, same state dict) whose forward is `linear` above, with the packed weight
+    kept between calls."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.packed = PackedWeight()
+        self.derived = DerivedCache()
 
     def forward(self, x: Tensor) -> Tensor:
-        if not inference_on_cpu(x):
+        if not inference_on_cpu(x):  # training: no packed copy, which every optimizer step would make stale
             return F.linear(x, self.weight, self.bias)
-        return linear(x, self.weight, self.bias, self.packed.get(self.weight))
+        packed = self.derived.derive("packed", [self.weight], lambda: pack(self.weight))
+        return _inference_linear(x, self.weight, self.bias, packed)

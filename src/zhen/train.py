@@ -466,7 +466,9 @@ def train(
                     flag = torch.tensor([1.0 if out_of_time else 0.0], device=device)
                     dist.broadcast(flag, 0)
                     out_of_time = bool(flag.item())
-                is_last = state.step >= t.max_steps or out_of_time  # validated and saved like any last step
+                limit = (f"max_steps={t.max_steps}" if state.step >= t.max_steps
+                         else f"max_minutes={t.max_minutes:g}" if out_of_time else "")
+                is_last = bool(limit)  # the step that reached a limit is validated and saved like any last step
                 if state.step % t.valid_every == 0 or is_last:
                     if processes.main and dev_sets:
                         results = validate(trainer, tokenizer, dev_sets)
@@ -497,8 +499,6 @@ def train(
                 if on_update is not None:
                     on_update(state)
                 if is_last:
-                    by_steps = state.step >= t.max_steps
-                    limit = f"max_steps={t.max_steps}" if by_steps else f"max_minutes={t.max_minutes:g}"
                     stop_reason = stop_reason or f"reached train.{limit}"
                 if stop_reason:
                     break
