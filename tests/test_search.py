@@ -33,18 +33,27 @@ INF = float("inf")
 
 class StubCache:
     """The decoder cache interface: the prefix of every row stands in for the self-attention K/V and the
-    source of every row for the cross-attention K/V (which `reorder` must not move, as in model.py)."""
+    source of every sentence for the cross-attention K/V, one copy per sentence that its `beam` rows share
+    (which `reorder` must not move, as in model.py)."""
 
-    def __init__(self, sources: list[tuple[int, ...]]) -> None:
+    def __init__(self, sources: list[tuple[int, ...]], beam: int) -> None:
         self.sources = sources
-        self.prefixes: list[tuple[int, ...]] = [() for _ in sources]
+        self.beam = beam
+        self.prefixes: list[tuple[int, ...]] = [() for _ in sources for _ in range(beam)]
 
-    def reorder(self, parents: torch.Tensor) -> None:
+    def reorder(self, parents: torch.Tensor, beam: int | None = None) -> None:
         self.prefixes = [self.prefixes[i] for i in parents.tolist()]
+        self.beam = beam or self.beam
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, beam: int | None = None) -> None:
+        beam = beam or self.beam
         self.prefixes = [self.prefixes[i] for i in rows.tolist()]
-        self.sources = [self.sources[i] for i in rows.tolist()]
+        self.sources = [self.sources[i // self.beam] for i in rows.tolist()[::beam]]
+        self.beam = beam
+
+    def row_sources(self) -> list[tuple[int, ...]]:
+        assert len(self.prefixes) == self.beam * len(self.sources)
+        return [source for source in self.sources for _ in range(self.beam)]
 
 
 class ScriptedModel:
@@ -70,12 +79,12 @@ class ScriptedModel:
         return [tuple(t for t in row if t != PAD_ID) for row in src.tolist()]
 
     def start_decoding(self, encoded: list[tuple[int, ...]], beam: int = 1) -> StubCache:
-        return StubCache([source for source in encoded for _ in range(beam)])  # `beam` rows per sentence
+        return StubCache(encoded, beam)  # `beam` rows per sentence
 
     def decode_step(self, tokens: torch.Tensor, cache: StubCache) -> torch.Tensor:
         self.batch_sizes.append(tokens.size(0))
         cache.prefixes = [(*p, t) for p, t in zip(cache.prefixes, tokens[:, 0].tolist(), strict=True)]
-        return torch.stack([self.log_probs(s, p) for s, p in zip(cache.sources, cache.prefixes, strict=True)])
+        return torch.stack([self.log_probs(s, p) for s, p in zip(cache.row_sources(), cache.prefixes, strict=True)])
 
 
 def brute_force(model: ScriptedModel, source: tuple[int, ...], *, max_len: int, min_len: int, alpha: float):
@@ -227,7 +236,7 @@ def test_finished_sentences_leave_the_batch():
     assert model.batch_sizes == [4, 4, 3, 2, 1]
     model.batch_sizes.clear()
     results = beam_search(model, STUB_SOURCES, beam=2, nbest=2, max_len_a=1.0, max_len_b=0)
-    assert model.batch_sizes == [8, 8, 6, 4, 2]
+    assert model.batch_sizes == [4, 8, 6, 4, 2]  # step 1: one row a sentence (its beams share the empty prefix)
     assert [len(h.tokens) for hyps in results for h in hyps] == [2, 2, 1, 1, 4, 4, 3, 3]
 
 

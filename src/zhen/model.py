@@ -53,20 +53,25 @@ class DecoderCache:
     beam: int = 1  # hypotheses (target rows) per sentence
     length: int = 0  # target tokens decoded so far: the position of the next one
 
-    def reorder(self, parents: Tensor) -> None:
-        """Beam search: every hypothesis continues the prefix of its parent beam, a beam of the same
-        sentence, so only the self-attention K/V move."""
+    def reorder(self, parents: Tensor, beam: int | None = None) -> None:
+        """Beam search: every hypothesis continues the prefix of its parent beam, a row of the same sentence,
+        so only the self-attention K/V move. `beam`: rows per sentence from now on (default: unchanged;
+        after beam search's first step, one row per sentence becomes K)."""
         for cache in self.self_attn:
             cache.index_select(parents)
+        self.beam = beam or self.beam
 
-    def select(self, rows: Tensor) -> None:
-        """Keep only target `rows` (B'·K,), whole sentences' worth (finished sentences leave)."""
+    def select(self, rows: Tensor, beam: int | None = None) -> None:
+        """Keep only target `rows` (B'·K,), whole sentences' worth (finished sentences leave); `beam` as in
+        `reorder`."""
+        beam = beam or self.beam
         for cache in self.self_attn:
             cache.index_select(rows)
-        sentences = rows[:: self.beam] // self.beam  # (B',) every row of a sentence descends from it
+        sentences = rows[::beam] // self.beam  # (B',) every row of a sentence descends from it
         for cache in self.cross_attn:
             cache.index_select(sentences)
         self.src_mask = self.src_mask.index_select(0, sentences)
+        self.beam = beam
 
 
 class Transformer(nn.Module):

@@ -102,13 +102,16 @@ def beam_step(log_probs: Tensor, scores: Tensor, *, eos_id: int = EOS_ID) -> Bea
       always holds K unfinished prefixes. Its score sits in `finished_scores` at its rank, -inf elsewhere.
       An EOS candidate ranked below K is dropped, as in fairseq: the beam would not have kept it.
 
-    A beam with score -inf (the K-1 unused copies of the empty prefix at step 1, or a sentence with fewer
-    than K possible prefixes) only makes -inf candidates; those are never reported as finished.
+    A beam with score -inf (the K-1 copies of the empty prefix at step 1, or a sentence with fewer than K
+    possible prefixes) only makes -inf candidates; those are never reported as finished.
     """
     b, k, v = log_probs.shape
-    candidates = (scores.unsqueeze(-1) + log_probs).view(b, k * v)  # (B, K·V)
+    # Each beam contributes at most 2K of the 2K best, and those are its own 2K best tokens: rank those only.
+    n = min(2 * k, v)
+    best, best_tokens = log_probs.topk(n, dim=-1)  # (B, K, n) each
+    candidates = (scores.unsqueeze(-1) + best).view(b, k * n)  # (B, K·n)
     top_scores, top_index = candidates.topk(2 * k, dim=-1)  # (B, 2K), best first
-    top_parents, top_tokens = top_index // v, top_index % v  # (B, 2K) each
+    top_parents, top_tokens = top_index // n, best_tokens.view(b, k * n).gather(1, top_index)  # (B, 2K) each
     ends = top_tokens == eos_id  # (B, 2K)
     # An EOS among the K best finishes; -inf marks "none" (so an EOS candidate of a dead beam finishes nothing).
     finished_scores = top_scores[:, :k].masked_fill(~ends[:, :k], NEG_INF)  # (B, K)
@@ -197,7 +200,8 @@ def beam_search(
     prefix could still, in principle, overtake the finished ones after that; the exact test (compare with
     best live score / lp(max_len)) would almost never stop early, so we follow fairseq.
 
-    Layout: sentence i owns rows i·K … i·K + K - 1 of every decoder tensor. Each step, `beam_step` picks the
+    Layout: sentence i owns rows i·K … i·K + K - 1 of every decoder tensor (at step 1 only row i: its K beams
+    are still the same empty prefix, decoded once, not K times). Each step, `beam_step` picks the
     parents; the loop re-indexes the token prefixes and the self-attention cache by them (the cross-attention
     K/V, one copy per sentence that its K beams share, stay), and done sentences' rows leave the batch.
     The model must be in eval mode (dropout off).
@@ -209,27 +213,31 @@ def beam_search(
         return []
     max_lens = max_output_lengths(src, max_len_a, max_len_b, model.config.max_positions, pad_id)  # (B,)
     shortest, longest = int(max_lens.min()), int(max_lens.max())
-    cache = model.start_decoding(model.encode(src), beam=k)  # target rows i·K … i·K + K - 1: sentence i
+    # Step 1 decodes one row per sentence: its K beams all start as the same empty prefix. Its K best tokens
+    # then become the K beams (rows i·K … i·K + K - 1 of sentence i), which re-indexing the cache creates.
+    cache = model.start_decoding(model.encode(src))
     sentences = torch.arange(n)  # (B,) on the host: input index of each sentence still being decoded
     scores = torch.full((n, k), NEG_INF, device=device)  # (B, K)
-    scores[:, 0] = 0.0  # the K beams start as the same empty prefix: keep one, or all K would pick alike
-    prefixes = torch.full((n * k, 1), bos_id, device=device)  # (B·K, t): BOS + the tokens so far
+    scores[:, 0] = 0.0  # one live beam at step 1, or all K would pick alike
+    prefixes = torch.full((n, 1), bos_id, device=device)  # (B·R, t): BOS + the tokens so far, R rows a sentence
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     n_finished = torch.zeros(n, dtype=torch.long)  # (B,) on the host, in input order
 
     for step in range(1, longest + 1):
-        b = sentences.numel()
-        log_probs = model.decode_step(prefixes[:, -1:], cache)  # (B·K, V)
-        at_limit = (max_lens[sentences] <= step).to(device).repeat_interleave(k) if step >= shortest else None
+        b, r = sentences.numel(), 1 if step == 1 else k  # r: rows a sentence (R)
+        log_probs = model.decode_step(prefixes[:, -1:], cache)  # (B·R, V)
+        at_limit = (max_lens[sentences] <= step).to(device).repeat_interleave(r) if step >= shortest else None
         apply_length_rules(log_probs, step, min_len=min_len, at_limit=at_limit, eos_id=eos_id, never=[pad_id, bos_id])
-        chosen = beam_step(log_probs.view(b, k, -1), scores, eos_id=eos_id)
-        first_row = torch.arange(b, device=device)[:, None] * k  # (B, 1) each sentence's first row
+        chosen = beam_step(log_probs.view(b, r, -1).expand(b, k, -1), scores, eos_id=eos_id)  # (B, K, V) a view
+        # Rows in the current layout: at step 1 every beam's parent is its sentence's one row.
+        first_row = torch.arange(b, device=device)[:, None] * r  # (B, 1) each sentence's first row
+        parents, finished_parents = (chosen.parents, chosen.finished_parents) if r == k else (0, 0)
 
         # Hypotheses that ended here leave the beam with their score s(y) = log P(y|x) / lp(|y|), |y| = step.
         ended_scores = chosen.finished_scores.cpu()  # (B, K), the one host sync of a step
         if ended_scores.gt(NEG_INF).any():
             sentence, rank = ended_scores.gt(NEG_INF).nonzero(as_tuple=True)  # (F,) each
-            ended_rows = (first_row + chosen.finished_parents).cpu()[sentence, rank]  # (F,) rows of their prefixes
+            ended_rows = (first_row + finished_parents).expand(b, k).cpu()[sentence, rank]  # (F,) their prefixes
             words = prefixes[ended_rows.to(device), 1:].tolist()  # (F, step - 1)
             lp = gnmt_lp(step, length_penalty)
             for i, ids, total in zip(sentences[sentence].tolist(), words, ended_scores[sentence, rank].tolist(),
@@ -238,7 +246,7 @@ def beam_search(
             n_finished.index_add_(0, sentences[sentence], torch.ones_like(sentence))
 
         # Every live beam continues its parent's prefix; sentences that are done leave the batch.
-        parent_rows = (first_row + chosen.parents).view(-1)  # (B·K,) row of each new beam's parent
+        parent_rows = (first_row + parents).expand(b, k).reshape(-1)  # (B·K,) row of each new beam's parent
         done = (n_finished[sentences] >= k) | (max_lens[sentences] <= step)  # (B,) on the host
         if done.all():
             break
@@ -249,9 +257,9 @@ def beam_search(
             keep = keep.to(device)
             scores, tokens = scores[keep], tokens[keep]  # (B', K)
             parent_rows = parent_rows.view(b, k)[keep].view(-1)  # (B'·K,)
-            cache.select(parent_rows)  # self K/V by parent; cross K/V and mask by sentence
+            cache.select(parent_rows, beam=k)  # self K/V by parent; cross K/V and mask by sentence
         else:
-            cache.reorder(parent_rows)
+            cache.reorder(parent_rows, beam=k)
         prefixes = torch.cat([prefixes[parent_rows], tokens.view(-1, 1)], dim=1)  # (B·K, t + 1)
 
     return [sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest] for hypotheses in finished]
