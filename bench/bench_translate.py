@@ -65,6 +65,7 @@ import torch
 
 from zhen import device as devices
 from zhen.config import DecodeConfig, ModelConfig, load_config
+from zhen.linear import linear, pack
 from zhen.model import Transformer
 from zhen.search import search
 from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -380,6 +381,33 @@ def profile_engine(engine: Engine, batches: list[list[list[int]]], beam: int, ti
     return gemm, sum(e.self_cpu_time_total for e in averages) / 1e6
 
 
+def product_flops(c: ModelConfig, beam: int, sentences: int, src_len: int, tokens: int) -> float:
+    """Floating-point operations (2 per multiply-add) in the linear layers that any engine computing this
+    function must run: the encoder on every source token, the cross-attention K/V of every decoder layer
+    once per source token, and one decoder pass + output layer per target row and step, `tokens` steps
+    (EOS not scored), the first with one row per sentence (its beams all extend the empty prefix).
+    Attention's own products (Q·Kᵀ, weights·V) are left out: under 2% here."""
+    d, f = c.d_model, c.d_ff
+    encoder = sentences * src_len * (c.n_encoder_layers * (4 * d * d + 2 * d * f) + c.n_decoder_layers * 2 * d * d)
+    rows = sentences * (1 + (tokens - 1) * beam)
+    decoder = rows * (c.n_decoder_layers * (6 * d * d + 2 * d * f) + d * c.tgt_vocab_size)
+    return 2.0 * (encoder + decoder)
+
+
+def peak_fp32_rate(calls: int = 20) -> float:
+    """FLOP/s of the fastest fp32 matrix product torch runs on this CPU: a 640 × 512 × 2048 product (the base
+    model's FFN on 32 sentences) in oneDNN (zhen's route) and in MKL (F.linear), best call of `calls`."""
+    x, weight = torch.randn(640, 512), torch.randn(2048, 512)
+    packed, best = pack(weight), float("inf")
+    with torch.inference_mode():
+        for route in (lambda: linear(x, weight, None, packed), lambda: torch.nn.functional.linear(x, weight)):
+            for _ in range(calls):
+                start = time.perf_counter()
+                route()
+                best = min(best, time.perf_counter() - start)
+    return 2.0 * 640 * 512 * 2048 / best
+
+
 @dataclasses.dataclass
 class Row:
     config: str
@@ -391,6 +419,7 @@ class Row:
     seconds_median: float
     same_as_zhen: int  # sentences whose tokens equal zhen fp32's
     gemm_seconds: float | None = None  # self CPU time in matrix products in one profiled pass (torch engines)
+    floor_seconds: float | None = None  # the products any engine must compute, at this CPU's peak (zhen fp32 row)
     profiled_seconds: float | None = None  # self CPU time of all operators in that pass
 
     @property
@@ -479,17 +508,21 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
     lines += ["", "Time in matrix products (self CPU time of aten::mm/addmm/bmm/baddbmm and oneDNN's "
               "mkldnn::_linear_pointwise in one pass under "
               "torch.profiler, which slows small operators down, so the shares are lower bounds). zhen at 2× HF "
-              "needs its whole pass within half of HF's best time:", "",
+              "needs its whole pass within half of HF's best time. The floor is the time of the linear layers' "
+              "products that any engine must compute (see `product_flops`) at the fastest rate this CPU ran one "
+              f"fp32 product in this run ({info['peak']} GFLOP/s, `peak_fp32_rate`); what half of HF leaves beyond "
+              "it is all the time there would be for everything else (attention, softmax, search, cache):", "",
               "| model | search | batch | HF best pass | HF matrix products | HF share | half HF | "
-              "zhen best pass | zhen matrix products |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+              "zhen best pass | zhen matrix products | floor | half HF − floor |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, beam, batch in settings:
         ours, hf = by.get((config, beam, batch, "zhen fp32")), by.get((config, beam, batch, "HF fp32"))
         if ours is None or hf is None or hf.gemm_seconds is None or ours.gemm_seconds is None:
             continue
         lines.append(f"| {config} | {search_label(beam)} | {batch} | {hf.seconds * 1e3:,.0f} ms | "
                      f"{hf.gemm_seconds * 1e3:,.0f} ms | {hf.gemm_seconds / hf.profiled_seconds:.0%} | "
-                     f"{hf.seconds * 500:,.0f} ms | {ours.seconds * 1e3:,.0f} ms | {ours.gemm_seconds * 1e3:,.0f} ms |")
+                     f"{hf.seconds * 500:,.0f} ms | {ours.seconds * 1e3:,.0f} ms | {ours.gemm_seconds * 1e3:,.0f} ms | "
+                     f"{ours.floor_seconds * 1e3:,.0f} ms | {(hf.seconds / 2 - ours.floor_seconds) * 1e3:,.0f} ms |")
 
     lines += ["", "Same tokens as zhen fp32 (sentences with identical output ids / sentences):", "",
               "| model | search | batch | " + " | ".join(engines) + " |",
@@ -580,6 +613,8 @@ def run_config(name: str, args: argparse.Namespace, work: Path, rows: list[Row],
                                      f"tokens, not {args.tokens}")
                 row = Row(name, beam, batch, engine.name, len(chosen), min(times[engine.name]),
                           statistics.median(times[engine.name]), agreement(reference, outputs[engine.name]))
+                if engine.name == "zhen fp32":
+                    row.floor_seconds = product_flops(c, beam, len(chosen), args.src_len, args.tokens) / args.peak
                 if engine.name in ("zhen fp32", "HF fp32"):  # CTranslate2's time is not visible to torch
                     title = f"{name} beam {beam} batch {batch} {engine.name}" if args.profile else None
                     row.gemm_seconds, row.profiled_seconds = profile_engine(engine, batches, beam, title)
@@ -618,6 +653,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     info = machine()
+    args.peak = peak_fp32_rate()
+    info["peak"] = f"{args.peak / 1e9:.0f}"
     print(info, flush=True)
     rows: list[Row] = []
     checks: dict[str, dict] = {}

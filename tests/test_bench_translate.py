@@ -1,0 +1,41 @@
+"""bench/bench_translate.py: the floor's FLOP count is the work zhen's linear layers actually do."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import zhen.linear
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_translate", ROOT / "bench" / "bench_translate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_translate"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_translate", None)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_product_flops_counts_what_zhen_multiplies(bench, monkeypatch, beam):
+    """Count the multiply-adds of every linear layer in a real search with `steps` forced decoder steps; the
+    formula (encoder, cross-attention K/V once, step 1 with one row per sentence) must give the same number."""
+    model = bench.build_zhen(ROOT / "configs" / "tiny.toml", seed=0)
+    counted = []
+    inner = zhen.linear._inference_linear
+
+    def counting(x, weight, bias, packed):
+        counted.append(x.numel() // weight.size(1) * weight.numel())
+        return inner(x, weight, bias, packed)
+
+    monkeypatch.setattr(zhen.linear, "_inference_linear", counting)
+    sentences, src_len, steps = 3, 7, 5
+    engine = bench.zhen_engine(model, steps - 1, "fp32")  # zhen decodes the forced tokens and a final EOS
+    outputs = engine.translate(bench.random_sources(sentences, src_len, seed=1), beam, 1)
+    assert [len(nbest[0]) for nbest in outputs] == [steps - 1] * sentences
+    assert 2.0 * sum(counted) == bench.product_flops(model.config, beam, sentences, src_len, steps)
