@@ -1,24 +1,15 @@
 """bench/bench_train.py: its FLOP and parameter formulas, and a tiny CPU run of the script itself."""
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_train", None)
+    yield from load_bench_script("bench_train")
 
 
 def test_flops_reproduce_the_issues_mfu_figures(bench):

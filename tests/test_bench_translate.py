@@ -1,24 +1,15 @@
 """bench/bench_translate.py: the floor's FLOP count is the work zhen's linear layers actually do."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import ROOT, load_bench_script
 
 import zhen.linear
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_translate", ROOT / "bench" / "bench_translate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_translate"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_translate", None)
+    yield from load_bench_script("bench_translate")
 
 
 @pytest.mark.parametrize("beam", [1, 3])
