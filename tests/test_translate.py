@@ -139,10 +139,11 @@ def test_translate_arguments_file_and_stdin_agree(model_dir, tmp_path):
 
 
 def test_translate_nbest_output(model_dir, capsys):
-    assert main(["translate", "--model", str(model_dir), "--nbest", "2", "我爱你", "你好"]) == 0
+    assert main(["translate", "--model", str(model_dir), "--nbest", "2", "我爱你", "", "你好"]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert {r[0] for r in rows} == {"0", "1"} and all(len(r) == 3 for r in rows)
-    assert all(float(r[1]) <= 0 for r in rows)
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows) and {r[0] for r in rows} == {"0", "1", "2"}
+    assert all(len(r) == 3 for r in rows) and all(float(r[1]) <= 0 for r in rows)
+    assert [r for r in rows if r[0] == "1"] == [["1", "0.0000", ""]]  # the empty line: one empty translation
 
 
 def test_evaluate_prints_sacrebleu_scores_and_json(model_dir, tmp_path, capsys):
