@@ -41,15 +41,15 @@ class StubCache:
         self.beam = beam
         self.prefixes: list[tuple[int, ...]] = [() for _ in sources for _ in range(beam)]
 
-    def reorder(self, parents: torch.Tensor, beam: int | None = None) -> None:
+    def reorder(self, parents: torch.Tensor) -> None:
         self.prefixes = [self.prefixes[i] for i in parents.tolist()]
-        self.beam = beam or self.beam
+        self.beam = len(self.prefixes) // len(self.sources)
 
-    def select(self, rows: torch.Tensor, beam: int | None = None) -> None:
-        beam = beam or self.beam
+    def select(self, rows: torch.Tensor) -> None:
         self.prefixes = [self.prefixes[i] for i in rows.tolist()]
-        self.sources = [self.sources[i // self.beam] for i in rows.tolist()[::beam]]
-        self.beam = beam
+        sentences = dict.fromkeys(i // self.beam for i in rows.tolist())  # in order, each once
+        self.sources = [self.sources[i] for i in sentences]
+        self.beam = len(self.prefixes) // len(self.sources)
 
     def row_sources(self) -> list[tuple[int, ...]]:
         assert len(self.prefixes) == self.beam * len(self.sources)

@@ -68,6 +68,14 @@ def test_traditional_input_is_normalised_as_in_training(translator):
     assert translator.translate(["ｈｅｌｌｏ　１２３"]) == translator.translate(["hello 123"])  # NFKC
 
 
+def test_nbest_of_empty_line_is_the_empty_translation_and_streams_agree(translator):
+    lines = ["我爱你", "", "你好"]
+    nbest = translator.translate_nbest(lines, nbest=2)
+    assert [(t.text, t.score, t.tokens) for t in nbest[1]] == [("", 0.0, ())]
+    assert list(translator.translate_nbest_stream([line + "\n" for line in lines], 2, chunk_lines=2)) == nbest
+    assert translator.translate(lines)[1] == ""
+
+
 def test_nbest_lists_are_sorted_and_have_scores(translator):
     nbest = translator.translate_nbest(["我们一起去吃饭吧。"], nbest=3)[0]
     assert 1 <= len(nbest) <= 3

@@ -7,7 +7,6 @@ into one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import warnings
@@ -47,8 +46,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from zhen.translator import Translation
-
     translator = _load_translator(args, args.nbest if args.nbest and args.nbest > 1 else None)
     output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
@@ -60,14 +57,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
             lines = sys.stdin
         chunk = 1 if lines is sys.stdin and sys.stdin.isatty() else 256
         if args.nbest and args.nbest > 1:
-            # index, score, text for each of a line's translations; an empty line gets one empty translation
-            iterator, start = iter(lines), 0
-            while block := [line.rstrip("\r\n") for line in itertools.islice(iterator, chunk)]:
-                for i, hyps in enumerate(translator.translate_nbest(block, args.nbest), start):
-                    for hyp in hyps or [Translation("", 0.0, ())]:
-                        output.write(f"{i}\t{hyp.score:.4f}\t{hyp.text}\n")
+            for i, hyps in enumerate(translator.translate_nbest_stream(lines, args.nbest, chunk_lines=chunk)):
+                output.write("".join(f"{i}\t{hyp.score:.4f}\t{hyp.text}\n" for hyp in hyps))
                 output.flush() if chunk == 1 else None
-                start += len(block)
         else:
             for text in translator.translate_stream(lines, chunk_lines=chunk):
                 output.write(text + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from zhen.attention import KVCache
@@ -53,25 +54,24 @@ class DecoderCache:
     beam: int = 1  # hypotheses (target rows) per sentence
     length: int = 0  # target tokens decoded so far: the position of the next one
 
-    def reorder(self, parents: Tensor, beam: int | None = None) -> None:
+    def reorder(self, parents: Tensor) -> None:
         """Beam search: every hypothesis continues the prefix of its parent beam, a row of the same sentence,
-        so only the self-attention K/V move. `beam`: rows per sentence from now on (default: unchanged;
-        after beam search's first step, one row per sentence becomes K)."""
+        so only the self-attention K/V move. The rows per sentence may change (after beam search's first
+        step, one row per sentence becomes K)."""
         for cache in self.self_attn:
             cache.index_select(parents)
-        self.beam = beam or self.beam
+        self.beam = parents.numel() // self.src_mask.size(0)
 
-    def select(self, rows: Tensor, beam: int | None = None) -> None:
-        """Keep only target `rows` (B'·K,), whole sentences' worth (finished sentences leave); `beam` as in
-        `reorder`."""
-        beam = beam or self.beam
+    def select(self, rows: Tensor) -> None:
+        """Keep only target `rows` (B'·K,), whole sentences' worth, each sentence's together (finished
+        sentences leave); as in `reorder`, the rows per sentence may change."""
         for cache in self.self_attn:
             cache.index_select(rows)
-        sentences = rows[::beam] // self.beam  # (B',) every row of a sentence descends from it
+        sentences = torch.unique_consecutive(rows // self.beam)  # (B',) every row of a sentence descends from it
         for cache in self.cross_attn:
             cache.index_select(sentences)
         self.src_mask = self.src_mask.index_select(0, sentences)
-        self.beam = beam
+        self.beam = rows.numel() // sentences.numel()
 
 
 class Transformer(nn.Module):

@@ -257,9 +257,9 @@ def beam_search(
             keep = keep.to(device)
             scores, tokens = scores[keep], tokens[keep]  # (B', K)
             parent_rows = parent_rows.view(b, k)[keep].view(-1)  # (B'·K,)
-            cache.select(parent_rows, beam=k)  # self K/V by parent; cross K/V and mask by sentence
+            cache.select(parent_rows)  # self K/V by parent; cross K/V and mask by sentence
         else:
-            cache.reorder(parent_rows, beam=k)
+            cache.reorder(parent_rows)
         prefixes = torch.cat([prefixes[parent_rows], tokens.view(-1, 1)], dim=1)  # (B·K, t + 1)
 
     return [sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest] for hypotheses in finished]

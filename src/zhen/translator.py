@@ -44,6 +44,16 @@ class Translation:
     tokens: tuple[int, ...]
 
 
+EMPTY = Translation("", 0.0, ())  # what an empty input translates to: nothing, with certainty (log P = 0)
+
+
+def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of up to `size` lines, line ends stripped, read lazily."""
+    iterator = iter(lines)
+    while chunk := [line.rstrip("\r\n") for line in itertools.islice(iterator, size)]:
+        yield chunk
+
+
 def one_line(text: str) -> str:
     """Output is one line per input: byte pieces can decode to newlines or control characters."""
     return " ".join(_CONTROL.sub(" ", text).split())
@@ -105,10 +115,11 @@ class Translator:
 
     def translate(self, sentences: Sequence[str]) -> list[str]:
         """One English string per input sentence, in input order."""
-        return [nbest[0].text if nbest else "" for nbest in self.translate_nbest(sentences, nbest=1)]
+        return [nbest[0].text for nbest in self.translate_nbest(sentences, nbest=1)]
 
     def translate_nbest(self, sentences: Sequence[str], nbest: int | None = None) -> list[list[Translation]]:
-        """The `nbest` best translations of each sentence with their scores, best first."""
+        """The `nbest` best translations of each sentence with their scores, best first (an empty sentence
+        has one: the empty translation, score 0)."""
         nbest = nbest or self.config.decode.nbest
         decode = replace(self.config.decode, nbest=nbest, beam=max(self.config.decode.beam, nbest))
         # Long lines become several pieces, translated like separate sentences and joined again.
@@ -127,7 +138,7 @@ class Translator:
             if len(parts) == 1:
                 results[owner] = parts[0]
             else:  # one joined translation for a split line: the best of every piece
-                best = [p[0] if p else Translation("", 0.0, ()) for p in parts]
+                best = [p[0] for p in parts]
                 text = " ".join(b.text for b in best if b.text)
                 score = sum(b.score for b in best) / len(best)
                 results[owner] = [Translation(text, score, tuple(t for b in best for t in b.tokens))]
@@ -135,9 +146,15 @@ class Translator:
 
     def translate_stream(self, lines: Iterable[str], chunk_lines: int = 256) -> Iterator[str]:
         """Translate an iterable of lines lazily, `chunk_lines` at a time, in order."""
-        iterator = iter(lines)
-        while chunk := list(itertools.islice(iterator, chunk_lines)):
-            yield from self.translate([line.rstrip("\r\n") for line in chunk])
+        for chunk in _chunks(lines, chunk_lines):
+            yield from self.translate(chunk)
+
+    def translate_nbest_stream(
+        self, lines: Iterable[str], nbest: int | None = None, chunk_lines: int = 256
+    ) -> Iterator[list[Translation]]:
+        """`translate_nbest` over an iterable of lines, lazily, `chunk_lines` at a time, in order."""
+        for chunk in _chunks(lines, chunk_lines):
+            yield from self.translate_nbest(chunk, nbest)
 
     # ------------------------------------------------------------------ internals
 
@@ -147,8 +164,8 @@ class Translator:
 
     def _translate_pieces(self, texts: list[str], decode: DecodeConfig) -> list[list[Translation]]:
         """Normalised texts → n-best lists. Sorted by length and batched under decode.batch_tokens."""
-        results: list[list[Translation]] = [[] for _ in texts]
-        wanted = [i for i, t in enumerate(texts) if t]  # empty input → empty output, no model call
+        results: list[list[Translation]] = [[EMPTY] for _ in texts]
+        wanted = [i for i, t in enumerate(texts) if t]  # empty input → the empty translation, no model call
         if not wanted:
             return results
         limit = self.model.config.max_positions
