@@ -709,7 +709,7 @@ def run_real_data(args: argparse.Namespace, device: torch.device, opts: Options,
         return result
 
     config = replace(config, model=replace(config.model, src_vocab_size=tokenizer.src_vocab_size,
-                                           tgt_vocab_size=tokenizer.tgt_vocab_size, pad_id=PAD_ID))
+                                           tgt_vocab_size=tokenizer.tgt_vocab_size))
     mc = config.model
     shape = ModelShape(Path(args.real_data).stem, mc.d_model, mc.n_heads, mc.d_ff, mc.n_encoder_layers,
                        mc.n_decoder_layers, mc.src_vocab_size, mc.tgt_vocab_size, mc.dropout, mc.max_positions)

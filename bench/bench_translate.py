@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import datetime
 import importlib.metadata
@@ -65,14 +64,18 @@ import torch
 
 from zhen import device as devices
 from zhen.config import DecodeConfig, ModelConfig, load_config
+from zhen.interop.ct2 import convert_with_vocabularies
+from zhen.interop.marian_export import build_marian, generation_config
 from zhen.linear import linear, pack
 from zhen.model import Transformer
+from zhen.quantize import quantize
 from zhen.search import search
-from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from zhen.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 8000
 BEGIN, END = "<!-- bench_translate:begin -->", "<!-- bench_translate:end -->"
+CT2_LABELS = {"float32": "fp32", "int8": "int8", "bfloat16": "bf16"}  # CTranslate2 compute types, as labelled
 
 
 # ==================================================================== the three models, one set of weights
@@ -103,76 +106,6 @@ def build_zhen(config_path: Path, seed: int) -> Transformer:
     return model
 
 
-def marian_config(c: ModelConfig) -> Any:
-    from transformers import MarianConfig
-
-    return MarianConfig(
-        vocab_size=c.src_vocab_size, decoder_vocab_size=c.tgt_vocab_size, max_position_embeddings=c.max_positions,
-        d_model=c.d_model, encoder_layers=c.n_encoder_layers, decoder_layers=c.n_decoder_layers,
-        encoder_attention_heads=c.n_heads, decoder_attention_heads=c.n_heads,
-        encoder_ffn_dim=c.d_ff, decoder_ffn_dim=c.d_ff, activation_function=c.activation,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True,
-        share_encoder_decoder_embeddings=c.share_embeddings, tie_word_embeddings=c.tie_output,
-        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID,
-        forced_eos_token_id=None,
-    )
-
-
-def marian_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """zhen's tensors under Marian's names (the same tensors, not copies)."""
-    state = {
-        "model.encoder.embed_tokens.weight": model.src_embed.tokens.weight,
-        "model.decoder.embed_tokens.weight": model.tgt_embed.tokens.weight,
-        # zhen's interleaved sin/cos table replaces Marian's concatenated one.
-        "model.encoder.embed_positions.weight": model.src_embed.positions.table,
-        "model.decoder.embed_positions.weight": model.tgt_embed.positions.table,
-        "lm_head.weight": model.output.weight,
-        "final_logits_bias": torch.zeros(1, model.config.tgt_vocab_size),
-    }
-    attention = {"w_q": "q_proj", "w_k": "k_proj", "w_v": "v_proj", "w_o": "out_proj"}
-
-    def put(prefix: str, module: torch.nn.Module) -> None:
-        state[f"{prefix}.weight"] = module.weight
-        if getattr(module, "bias", None) is not None:
-            state[f"{prefix}.bias"] = module.bias
-
-    for stack, layers in (("encoder", model.encoder_layers), ("decoder", model.decoder_layers)):
-        for i, layer in enumerate(layers):
-            p = f"model.{stack}.layers.{i}"
-            parts = [("self_attn", layer.self_attn, layer.self_attn_norm, "self_attn_layer_norm")]
-            if stack == "decoder":
-                parts.append(("encoder_attn", layer.cross_attn, layer.cross_attn_norm, "encoder_attn_layer_norm"))
-            for hf_name, attn, add_norm, norm_name in parts:
-                for ours, theirs in attention.items():
-                    put(f"{p}.{hf_name}.{theirs}", getattr(attn, ours))
-                put(f"{p}.{norm_name}", add_norm.norm)
-            put(f"{p}.fc1", layer.ffn.w_1)
-            put(f"{p}.fc2", layer.ffn.w_2)
-            put(f"{p}.final_layer_norm", layer.ffn_norm.norm)
-    return state
-
-
-def build_marian(model: Transformer) -> Any:
-    """A Hugging Face MarianMTModel computing the same function as `model` (fp32, eval)."""
-    from transformers import GenerationConfig, MarianMTModel
-
-    c = model.config
-    if c.norm != "post" or c.positions != "sinusoidal" or c.share_embeddings or not c.tie_output:
-        raise SystemExit("the comparison needs post-norm, sinusoidal positions, separate embeddings, tied output")
-    hf = MarianMTModel(marian_config(c)).eval()
-    ours = marian_state_dict(model)
-    theirs = hf.state_dict()
-    missing, unexpected = set(theirs) - set(ours), set(ours) - set(theirs)
-    if missing or unexpected:
-        raise SystemExit(f"tensor mapping incomplete: Marian lacks {sorted(unexpected)}, zhen lacks {sorted(missing)}")
-    hf.load_state_dict({k: v.detach().clone() for k, v in ours.items()}, strict=True)
-    assert hf.lm_head.weight.data_ptr() == hf.model.decoder.embed_tokens.weight.data_ptr(), "output not tied"
-    hf.generation_config = GenerationConfig(
-        decoder_start_token_id=BOS_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-    )
-    return hf
-
-
 def token_names(n: int) -> list[str]:
     """A stand-in vocabulary for CTranslate2, which speaks tokens, not ids: id i ↔ name i."""
     names = [f"t{i}" for i in range(n)]
@@ -180,44 +113,17 @@ def token_names(n: int) -> list[str]:
     return names
 
 
-def convert_to_ctranslate2(hf: Any, output_dir: Path, quantization: str) -> Path:
-    """Convert the in-memory Marian model with CTranslate2's Transformers (BART/Marian) loader.
+def build_hf(model: Transformer) -> Any:
+    """The Hugging Face MarianMTModel of zhen.interop (the same function, fp32, eval), generating as zhen does."""
+    hf = build_marian(model)
+    hf.generation_config = generation_config(DecodeConfig(), model.config.max_positions)
+    return hf
 
-    CTranslate2's `MarianMTLoader` is written for checkpoints converted from Marian itself: it drops the last
-    vocabulary row (the `<pad>` HF appends to those), and starts the decoder from a zero vector. Our model
-    has no extra row and starts from the BOS embedding (as HF's generate does with decoder_start_token_id),
-    so the conversion uses the general `BartLoader` with Marian's settings (post-norm, no embedding norm).
-    """
-    from ctranslate2.converters import Converter
-    from ctranslate2.converters.transformers import BartLoader
 
-    names = token_names(hf.config.vocab_size)
-
-    class Vocabulary:  # the part of a tokenizer the loader reads
-        bos_token, eos_token, unk_token = names[BOS_ID], names[EOS_ID], names[UNK_ID]
-
-        @staticmethod
-        def get_vocab() -> dict[str, int]:
-            return {name: i for i, name in enumerate(names)}
-
-        @staticmethod
-        def convert_ids_to_tokens(i: int) -> str:
-            return names[i]
-
-    class SameTensorsLoader(BartLoader):
-        def get_model_spec(self, model: Any) -> Any:
-            model.config.normalize_before = False  # post-norm
-            model.config.normalize_embedding = False  # no LayerNorm on the embeddings
-            return super().get_model_spec(model)
-
-    class InMemoryConverter(Converter):
-        def _load(self) -> Any:
-            # A copy: the spec holds the module's tensors, and quantization rewrites them in place.
-            with torch.no_grad():
-                return SameTensorsLoader()(copy.deepcopy(hf), Vocabulary())
-
-    InMemoryConverter().convert(str(output_dir), quantization=quantization, force=True)
-    return output_dir
+def convert_to_ctranslate2(model: Transformer, output_dir: Path, quantization: str) -> Path:
+    """zhen.interop's conversion (CTranslate2's own Transformers loader), with the stand-in vocabulary."""
+    names = token_names(model.config.tgt_vocab_size)
+    return convert_with_vocabularies(model, names, names, output_dir, quantization)
 
 
 # ==================================================================== the engines: ids in, ids out
@@ -246,6 +152,8 @@ def running(engine: Engine) -> Iterator[Engine]:
 
 def zhen_engine(model: Transformer, n_tokens: int, precision: str) -> Engine:
     dtype = devices.compute_dtype(torch.device("cpu"), precision)
+    if dtype == torch.int8:  # as the Translator does: int8 linear layers on a copy sharing the weights
+        model = quantize(model)
 
     def translate(sources: list[list[int]], beam: int, nbest: int) -> list[list[list[int]]]:
         src = torch.tensor(sources)
@@ -292,13 +200,13 @@ def ct2_engine(path: Path, compute_type: str, threads: int, n_tokens: int) -> En
 
     def translate(sources: list[list[int]], beam: int, nbest: int) -> list[list[list[int]]]:
         results = loaded["translator"].translate_batch(
-            [[names[i] for i in s] for s in sources], beam_size=beam, num_hypotheses=nbest,
+            [[names[i] for i in s[:-1]] for s in sources], beam_size=beam, num_hypotheses=nbest,  # EOS: added
             min_decoding_length=n_tokens, max_decoding_length=n_tokens, length_penalty=1.0,
             suppress_sequences=[[names[PAD_ID]], [names[BOS_ID]]], return_scores=False,
         )
         return [[[index[t] for t in hyp] for hyp in r.hypotheses] for r in results]
 
-    label = {"float32": "fp32", "int8": "int8"}[compute_type]
+    label = CT2_LABELS[compute_type]
     return Engine(f"CT2 {label} {threads}t", translate, start, stop)
 
 
@@ -327,7 +235,7 @@ def check_same_function(model: Transformer, hf: Any, ct2_path: Path, seed: int) 
     expected = log_probs.gather(-1, torch.cat([tgt, torch.full((4, 1), EOS_ID)], dim=1)[..., None])[..., 0]
     names = token_names(VOCAB)
     translator = ctranslate2.Translator(str(ct2_path), device="cpu", compute_type="float32")
-    scored = translator.score_batch([[names[i] for i in s] for s in src.tolist()],
+    scored = translator.score_batch([[names[i] for i in s[:-1]] for s in src.tolist()],  # the model adds EOS
                                     [[names[i] for i in t] for t in tgt.tolist()])  # log P(y_t) for y1 … y24, EOS
     ct2 = torch.tensor([r.log_probs for r in scored])
     return {
@@ -505,6 +413,7 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
                      f" | {fmt(best.sentences_per_s)} ({best.engine[-2:]}) | {r_hf:.2f}× | {r_ct2:.2f}× | {b_hf} | "
                      f"{b_ct2} | {met} |")
 
+    lines += low_precision_table(by, settings)
     lines += ["", "Time in matrix products (self CPU time of aten::mm/addmm/bmm/baddbmm and oneDNN's "
               "mkldnn::_linear_pointwise in one pass under "
               "torch.profiler, which slows small operators down, so the shares are lower bounds). zhen at 2× HF "
@@ -539,6 +448,33 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
     return "\n".join(lines)
 
 
+def best_of(here: dict[str, Row], prefix: str) -> Row | None:
+    rows = [r for e, r in here.items() if e.startswith(prefix)]
+    return max(rows, key=lambda r: r.sentences_per_s) if rows else None
+
+
+def low_precision_table(by: dict[tuple, Row], settings: list[tuple]) -> list[str]:
+    """Issue #16: zhen int8 (and bf16) against the better CTranslate2 int8 (bf16), 1 or 2 threads."""
+    lines = ["", "Low precision: zhen int8 / bf16 against the better CTranslate2 int8 / bf16 (1 or 2 threads), and "
+             "against zhen fp32 (target: zhen int8 ≥ CTranslate2 int8 at base, beam 5, batch 32):", "",
+             "| model | search | batch | zhen int8 | best CT2 int8 | zhen int8 / CT2 int8 | zhen int8 / zhen fp32 | "
+             "zhen bf16 | best CT2 bf16 | zhen bf16 / CT2 bf16 |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for config, beam, batch in settings:
+        here = {e: r for (c, k, b, e), r in by.items() if (c, k, b) == (config, beam, batch)}
+        cells = []
+        for ours, theirs in (("zhen int8", "CT2 int8"), ("zhen bf16", "CT2 bf16")):
+            mine, best = here.get(ours), best_of(here, theirs)
+            cells += [fmt(mine.sentences_per_s) if mine else "",
+                      f"{fmt(best.sentences_per_s)} ({best.engine[-2:]})" if best else "",
+                      f"{mine.sentences_per_s / best.sentences_per_s:.2f}×" if mine and best else ""]
+            if ours == "zhen int8":
+                fp32 = here.get("zhen fp32")
+                cells.append(f"{mine.sentences_per_s / fp32.sentences_per_s:.2f}×" if mine and fp32 else "")
+        lines.append(f"| {config} | {search_label(beam)} | {batch} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(path: Path, text: str) -> None:
     """Replace the generated block of `path`, keeping anything written by hand around it."""
     if path.exists():
@@ -556,27 +492,31 @@ def write_report(path: Path, text: str) -> None:
 # ==================================================================== main
 
 
+def build_engines(model: Transformer, name: str, args: argparse.Namespace, work: Path,
+                  checks: dict[str, dict]) -> list[Engine]:
+    """zhen in each of args.precisions, HF, and CTranslate2 in each of args.ct2_types × args.ct2_threads (bf16
+    loads the float32 conversion with compute type bfloat16, as CTranslate2 converts at load time)."""
+    engines = [zhen_engine(model, args.tokens, precision) for precision in args.precisions]
+    hf = build_hf(model) if not args.no_hf or not args.no_ct2 else None
+    if not args.no_hf:
+        engines.append(hf_engine(hf, args.tokens))
+    if not args.no_ct2:
+        paths = {q: convert_to_ctranslate2(model, work / f"{name}-{q}", q) for q in ("float32", "int8")}
+        checks[name] = check_same_function(model, hf, paths["float32"], args.seed)
+        print(f"   checks: {checks[name]}", flush=True)
+        for compute_type in args.ct2_types:
+            for threads in args.ct2_threads:
+                path = paths["int8" if compute_type == "int8" else "float32"]
+                engines.append(ct2_engine(path, compute_type, threads, args.tokens))
+    return engines
+
+
 def run_config(name: str, args: argparse.Namespace, work: Path, rows: list[Row], checks: dict[str, dict]) -> None:
     model = build_zhen(REPO / "configs" / f"{name}.toml", args.seed)
     c = model.config
     print(f"== {name}: d_model {c.d_model}, {c.n_heads} heads, d_ff {c.d_ff}, "
           f"{c.n_encoder_layers}+{c.n_decoder_layers} layers", flush=True)
-    engines: list[Engine] = [zhen_engine(model, args.tokens, "fp32")]
-    if args.bf16:
-        engines.append(zhen_engine(model, args.tokens, "bf16"))
-    hf = None
-    if not args.no_hf or not args.no_ct2:
-        hf = build_marian(model)
-    if not args.no_hf:
-        engines.append(hf_engine(hf, args.tokens))
-    if not args.no_ct2:
-        paths = {q: convert_to_ctranslate2(hf, work / f"{name}-{q}", q) for q in ("float32", "int8")}
-        checks[name] = check_same_function(model, hf, paths["float32"], args.seed)
-        print(f"   checks: {checks[name]}", flush=True)
-        for q in ("float32", "int8"):
-            for threads in args.ct2_threads:
-                engines.append(ct2_engine(paths[q], q, threads, args.tokens))
-
+    engines = build_engines(model, name, args, work, checks)
     checks.setdefault(name, {})
     sources = random_sources(32, args.src_len, args.seed + 7)
     for beam in args.beams:
@@ -641,15 +581,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (zhen and HF)")
     parser.add_argument("--ct2-threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip zhen with bf16 autocast")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"],
+                        help="zhen's precisions (fp32 always runs: it is the reference)")
+    parser.add_argument("--ct2-types", nargs="+", default=list(CT2_LABELS), choices=list(CT2_LABELS),
+                        help="CTranslate2 compute types")
     parser.add_argument("--no-hf", action="store_true")
     parser.add_argument("--no-ct2", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table for every zhen run")
     parser.add_argument("--write", type=Path, help="markdown file whose generated block is replaced")
     args = parser.parse_args()
-    if args.bf16 and not devices.cpu_has_fast_bf16():
+    args.precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]
+    if not args.no_ct2:
+        import ctranslate2
+
+        supported = ctranslate2.get_supported_compute_types("cpu")
+        for compute_type in [t for t in args.ct2_types if t not in supported]:
+            print(f"CTranslate2 {ctranslate2.__version__} cannot run {compute_type} on this CPU "
+                  f"(supported: {', '.join(sorted(supported))}): skipping it", file=sys.stderr)
+            args.ct2_types.remove(compute_type)
+    if "bf16" in args.precisions and not devices.cpu_has_fast_bf16():
         print("no native bf16 on this CPU: skipping zhen bf16", file=sys.stderr)
-        args.bf16 = False
+        args.precisions.remove("bf16")
 
     torch.set_num_threads(args.threads)
     info = machine()

@@ -27,9 +27,8 @@ from zhen.data import (
     read_corpus,
     resolve,
 )
-from zhen.errors import ZhenError
-from zhen.text import Normalizer, TextError
-from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from zhen.text import Normalizer
+from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 PAIRS = [
     ("我爱你。", "I love you."),
@@ -192,9 +191,15 @@ def test_malformed_tsv_jsonl_and_compressed_files(tmp_path: Path) -> None:
         list(read_corpus(CorpusConfig(path=str(tmp_path / "fake.tsv.gz"))))
 
 
-def test_data_errors_reach_the_command_line_as_messages() -> None:
-    assert issubclass(DataError, ValueError) and issubclass(DataError, ZhenError)  # the CLI prints ZhenError
-    assert issubclass(TokenizerError, ZhenError) and issubclass(TextError, ZhenError)
+def test_data_errors_reach_the_command_line_as_messages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from zhen.cli import main
+
+    tsv = write_text(tmp_path / "bad.tsv", "你好\tHello\n只有一列\n")
+    assert main(["evaluate", "--corpus", str(tsv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zhen: error:") and "bad.tsv, line 2" in err and "Traceback" not in err
+    assert main(["tokenize", "--model", str(tmp_path), "你好"]) == 2  # no model, no tokenizer there
+    assert capsys.readouterr().err.startswith("zhen: error:")
 
 
 # ==================================================================== normalising and cleaning
@@ -255,8 +260,9 @@ def test_encode_corpus_applies_length_rules(tokenizer: Tokenizer) -> None:
     src, tgt = corpus.pair(1)
     assert src.tolist() == tokenizer.encode_src(["我爱你"])[0]
     assert tgt.tolist() == tokenizer.encode_tgt(["I love you"])[0]
-    assert corpus.src_lengths.tolist() == [len(corpus.pair(i)[0]) for i in range(2)]
-    assert corpus.tgt_lengths.tolist() == [len(corpus.pair(i)[1]) for i in range(2)]
+    kept_zh, kept_en = ["你好", "我爱你"], ["Hello", "I love you"]  # lengths from the tokenizer, not the offsets
+    assert corpus.src_lengths.tolist() == [len(ids) for ids in tokenizer.encode_src(kept_zh)]
+    assert corpus.tgt_lengths.tolist() == [len(ids) for ids in tokenizer.encode_tgt(kept_en)]
 
 
 def test_token_cache_builds_once_then_reloads(tmp_path: Path, normalizer: Normalizer, tokenizer: Tokenizer) -> None:
@@ -354,9 +360,7 @@ def test_batch_builds_shifted_targets_and_masks() -> None:
     assert batch.tgt_in.tolist() == [[BOS_ID, 8, 9, 10], [BOS_ID, PAD_ID, PAD_ID, PAD_ID]]
     assert batch.tgt_out.tolist() == [[8, 9, 10, EOS_ID], [EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
     assert batch.src.dtype == batch.tgt_in.dtype == batch.tgt_out.dtype == torch.int64
-    assert batch.src_mask.shape == (2, 1, 1, 3)
-    assert batch.src_mask[:, 0, 0].tolist() == [[True, True, True], [True, True, False]]
-    assert (batch.n_src_tokens, batch.n_tgt_tokens, len(batch)) == (5, 5, 2)
+    assert (batch.n_tgt_tokens, len(batch)) == (5, 2)
     moved = batch.to("cpu").pin_memory()  # pinning is a no-op without an accelerator
     assert torch.equal(moved.tgt_out, batch.tgt_out)
     with pytest.raises(ValueError, match="as many targets as sources"):

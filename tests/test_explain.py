@@ -17,7 +17,7 @@ from zhen.checkpoint import load_model_dir, save_model_dir
 from zhen.cli import main
 from zhen.config import Config, DecodeConfig, ModelConfig, TokenizerConfig
 from zhen.explain import AttentionTrace, ExplainError, Trace, explain_sentence, greedy_walk, trace_encoder
-from zhen.explain_render import View, render_sections, render_text
+from zhen.explain.render import View, render_sections, render_text
 from zhen.model import Transformer
 from zhen.search import EOS_ID, greedy_search, max_output_lengths
 from zhen.tokenizer import Tokenizer
@@ -270,7 +270,7 @@ def test_chinese_labels_render_with_the_packaged_cjk_font():
     from matplotlib.figure import Figure
     from matplotlib.ft2font import FT2Font
 
-    from zhen.explain_plot import attention_figure, cjk_font_family
+    from zhen.explain.plot import attention_figure, cjk_font_family
 
     assert "CJK" in cjk_font_family()
     font = FT2Font(str(noto_cjk_sans_otc.FONT_PATH))

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zhen.linear import FEW_ROWS, ONEDNN, Linear, linear, pack
+from zhen import linear as linear_module
+from zhen.attention import MultiHeadAttention
+from zhen.linear import FEW_ROWS, ONEDNN, Linear, linear, onednn_works, pack
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +79,29 @@ def test_module_keeps_nn_linear_state_dict_and_gradients():
     torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_private_ops_every_route_falls_back_to_f_linear(monkeypatch):
+    """The private oneDNN ops are checked at import; a build where they are missing or wrong uses F.linear."""
+    assert not onednn_works(product=lambda x, w, b, *rest: torch.zeros(x.size(0), 16))  # wrong numbers
+    assert not onednn_works(reorder=lambda w, _: (_ for _ in ()).throw(RuntimeError("no such op")))
+    monkeypatch.setattr(linear_module, "ONEDNN", False)
+    monkeypatch.setattr(linear_module, "VERSIONED", False)  # and no version counters either
+    layer = Linear(64, 96)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        assert pack(layer.weight) is None and packed_copy(layer) is None
+        layer.weight.mul_(2.0)  # without version counters nothing is cached, so nothing goes stale
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        attention = MultiHeadAttention(64, 4)
+        h = x[None]  # (1, 5, 64)
+
+        def expected(projection: torch.nn.Linear) -> torch.Tensor:
+            return attention.split_heads(F.linear(h, projection.weight, projection.bias))
+
+        q, _, _ = attention.project(h, attention.w_q, attention.w_k, attention.w_v)
+        torch.testing.assert_close(q, expected(attention.w_q))
+        attention.w_k.weight.add_(1.0)
+        _, k, _ = attention.project(h, attention.w_q, attention.w_k, attention.w_v)
+        torch.testing.assert_close(k, expected(attention.w_k))

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zhen.attention import BeamLayout, BeamLayoutError
 from zhen.config import ModelConfig, load_config
 from zhen.embedding import sinusoidal_table
 from zhen.model import Transformer
@@ -119,12 +120,12 @@ def test_cache_reorder_and_select_follow_the_chosen_rows():
     cache = model.start_decoding(model.encode(src))
     for t in range(3):
         model.decode_step(tgt[:, t : t + 1], cache)
-    cache.reorder(torch.tensor([2, 2, 0]))
+    cache.reorder(torch.tensor([2, 2, 0]), BeamLayout(3))
     step = model.decode_step(tgt[:, 3:4], cache)
     continued = torch.cat([tgt[[2, 2, 0], :3], tgt[:, 3:4]], dim=1)
     expected = model(src, continued).log_softmax(-1)[:, -1]
     torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-5)
-    cache.select(torch.tensor([1]))
+    cache.select(torch.tensor([1]), torch.tensor([1]), BeamLayout(1))
     assert cache.src_mask.size(0) == 1 and cache.cross_attn[0].k.size(0) == 1
     assert cache.self_attn[0].k.size(0) == 1
 
@@ -146,15 +147,29 @@ def test_beam_cache_shares_each_sentences_source_across_its_hypotheses():
         expected = model(rows_src, tgt[:, : t + 1]).log_softmax(-1)[:, -1]
         torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-5)
     parents = torch.tensor([2, 2, 0, 4, 3, 3])  # each row continues a hypothesis of its own sentence
-    cache.reorder(parents)
+    cache.reorder(parents, BeamLayout(2, k))
     continued = torch.cat([tgt[parents, :3], tgt[:, 3:4]], dim=1)
     step = model.decode_step(tgt[:, 3:4], cache)
     torch.testing.assert_close(step, model(rows_src, continued).log_softmax(-1)[:, -1], rtol=1e-4, atol=1e-5)
-    cache.select(torch.tensor([3, 4, 5]))  # sentence 0 is done: only sentence 1's rows stay
+    cache.select(torch.tensor([3, 4, 5]), torch.tensor([1]), BeamLayout(1, k))  # sentence 0 is done
     assert cache.cross_attn[0].k.size(0) == 1 and cache.src_mask.size(0) == 1
     step = model.decode_step(tgt[3:, 4:5], cache)
     continued = torch.cat([continued[3:], tgt[3:, 4:5]], dim=1)
     torch.testing.assert_close(step, model(rows_src[3:], continued).log_softmax(-1)[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_broken_beam_layout_is_a_clear_error():
+    """Rows that do not fit the layout are refused where they are handed over, not guessed at."""
+    model = model_for()
+    src = torch.cat([random_ids(2, 5, 30), torch.full((2, 1), EOS)], dim=1)
+    cache = model.start_decoding(model.encode(src), beam=2)
+    with pytest.raises(BeamLayoutError, match="5 target rows and 2 source rows"):
+        cache.reorder(torch.tensor([0, 0, 1, 2, 3]), BeamLayout(2, 2))
+    with pytest.raises(BeamLayoutError, match="pass the search's BeamLayout"):  # 3 queries, 2 sources, no layout
+        model.decoder_layers[0].cross_attn(torch.randn(3, 1, 32), model.encode(src).memory)
+    cache.layout = BeamLayout(1, 4)  # 4 rows read the same source, but there are 2 sources
+    with pytest.raises(BeamLayoutError, match="do not fit 1 sentences × 4 hypotheses"):
+        model.decode_step(torch.full((4, 1), BOS), cache)
 
 
 def test_attention_maps_returned_as_data():
@@ -224,7 +239,9 @@ def test_tiny_model_overfits_a_handful_of_pairs():
 def test_tied_output_shares_the_target_embedding():
     model = model_for()
     assert model.output.weight is model.tgt_embed.tokens.weight
-    assert model_for(tie_output=False).output.weight is not model_for(tie_output=False).tgt_embed.tokens.weight
+    untied = model_for(tie_output=False)
+    assert untied.output.weight is not untied.tgt_embed.tokens.weight
+    assert untied.output.weight.data_ptr() != untied.tgt_embed.tokens.weight.data_ptr()
 
 
 def test_sequence_longer_than_position_table_is_a_clear_error():

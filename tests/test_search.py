@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from zhen.attention import BeamLayout
 from zhen.config import DecodeConfig, ModelConfig
 from zhen.model import Transformer
 from zhen.search import (
@@ -33,27 +34,32 @@ INF = float("inf")
 
 class StubCache:
     """The decoder cache interface: the prefix of every row stands in for the self-attention K/V and the
-    source of every sentence for the cross-attention K/V, one copy per sentence that its `beam` rows share
-    (which `reorder` must not move, as in model.py)."""
+    source of every sentence for the cross-attention K/V, one copy per sentence that its `layout.beam` rows
+    share (which `reorder` must not move, as in model.py). Every call checks the rows against its layout."""
 
     def __init__(self, sources: list[tuple[int, ...]], beam: int) -> None:
         self.sources = sources
-        self.beam = beam
+        self.layout = BeamLayout(len(sources), beam)
         self.prefixes: list[tuple[int, ...]] = [() for _ in sources for _ in range(beam)]
 
-    def reorder(self, parents: torch.Tensor) -> None:
+    def reorder(self, parents: torch.Tensor, layout: BeamLayout) -> None:
+        layout.check(parents.numel(), len(self.sources), "reorder")
+        old = self.layout.beam
+        assert all(p // old == r // layout.beam for r, p in enumerate(parents.tolist()))  # within its sentence
         self.prefixes = [self.prefixes[i] for i in parents.tolist()]
-        self.beam = len(self.prefixes) // len(self.sources)
+        self.layout = layout
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, sentences: torch.Tensor, layout: BeamLayout) -> None:
+        layout.check(rows.numel(), sentences.numel(), "select")
+        old = self.layout.beam
+        assert all(r // old == sentences[i // layout.beam] for i, r in enumerate(rows.tolist()))
         self.prefixes = [self.prefixes[i] for i in rows.tolist()]
-        sentences = dict.fromkeys(i // self.beam for i in rows.tolist())  # in order, each once
-        self.sources = [self.sources[i] for i in sentences]
-        self.beam = len(self.prefixes) // len(self.sources)
+        self.sources = [self.sources[i] for i in sentences.tolist()]
+        self.layout = layout
 
     def row_sources(self) -> list[tuple[int, ...]]:
-        assert len(self.prefixes) == self.beam * len(self.sources)
-        return [source for source in self.sources for _ in range(self.beam)]
+        assert len(self.prefixes) == self.layout.rows and len(self.sources) == self.layout.sentences
+        return [source for source in self.sources for _ in range(self.layout.beam)]
 
 
 class ScriptedModel:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zhen.cli import main
 from zhen.config import CorpusConfig, TextConfig, TokenizerConfig
 from zhen.data import load_pairs
 from zhen.text import Normalizer
@@ -22,7 +23,6 @@ from zhen.tokenizer import (
     UNK_ID,
     Tokenizer,
     TokenizerError,
-    main,
     show_pieces,
 )
 
@@ -113,7 +113,7 @@ def test_load_errors_name_the_files(trained: tuple[Tokenizer, Path], tmp_path: P
         Tokenizer.load(tmp_path)
 
 
-def test_show_pieces_and_module_entry(trained: tuple[Tokenizer, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_pieces_and_the_tokenize_command(trained: tuple[Tokenizer, Path], capsys: pytest.CaptureFixture) -> None:
     tokenizer, directory = trained
     shown = show_pieces(tokenizer, "我爱你")
     text_line, pieces_line, ids_line = shown.splitlines()
@@ -121,10 +121,12 @@ def test_show_pieces_and_module_entry(trained: tuple[Tokenizer, Path], capsys: p
     assert pieces_line.split()[-1] == "</s>"
     assert [int(i) for i in ids_line.split()] == tokenizer.encode_src(["我爱你"])[0]
 
-    assert main([str(directory), "我愛你"]) == 0  # normalised first: Traditional input
+    assert main(["tokenize", "--model", str(directory), "我愛你"]) == 0  # normalised first: Traditional input
     assert capsys.readouterr().out == shown + "\n"
-    assert main([str(directory / "missing"), "我爱你"]) == 2
-    assert "error: no tokenizer in" in capsys.readouterr().err
+    assert main(["tokenize", "--model", str(directory), "--raw", "--side", "tgt", "I love you."]) == 0
+    assert capsys.readouterr().out == show_pieces(tokenizer, "I love you.", "tgt") + "\n"
+    assert main(["tokenize", "--model", str(directory / "missing"), "我爱你"]) == 2
+    assert capsys.readouterr().err.startswith("zhen: error: model directory not found")
 
 
 def test_training_on_nothing_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,21 +12,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from train_runs import TINY, PreparedRuns, tiny_config
 
 from zhen import checkpoint as ckpt
 from zhen.cli import main
 from zhen.config import Config, ModelConfig, load_config
 from zhen.data import Batch
 from zhen.model import Transformer
-from zhen.train import Processes, Trainer, TrainingError, inverse_sqrt_lr, train
+from zhen.train import train
+from zhen.trainer import Processes, Trainer, TrainingError, inverse_sqrt_lr
 from zhen.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.toml"
 
 
-def tiny_config(*overrides: str) -> Config:
-    return load_config(TINY, ["data.dev=[]", "train.log_every=1000", *overrides])
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tokenizer and token cache for the short runs below (the tiny run trains its own, as a user's would)."""
+    return PreparedRuns(tmp_path_factory.mktemp("prepared"))
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -113,7 +116,10 @@ def test_averaging_checkpoints_is_the_mean(tiny_run, tmp_path):
     for name in wa:
         torch.testing.assert_close(averaged[name], (wa[name] + wb[name]) / 2)
     assert not (out / ckpt.STATE_FILE).exists()  # a clean model directory
-    assert Translator.load(out).translate(["你好"])[0] is not None
+    reference = Translator.load(a)  # the same tokenizer and settings, the mean weights put in by hand
+    reference.model.load_state_dict(ckpt.average_checkpoints([a, b]), strict=False)
+    sentences = ["你好", "我爱你", "今天天气很好。"]
+    assert Translator.load(out).translate(sentences) == reference.translate(sentences)
 
 
 def test_average_and_export_commands(tiny_run, tmp_path, capsys):
@@ -145,13 +151,13 @@ train(config, sys.argv[2], on_update=die)
 """
 
 
-def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
-    overrides = ["data.dev=[]", "train.max_steps=20", "train.valid_every=5", "data.max_tokens=600",
+def test_resume_after_sigkill_gives_bitwise_identical_weights(runs, tmp_path):
+    overrides = [*runs.overrides, "train.max_steps=20", "train.valid_every=5", "data.max_tokens=600",
                  "train.log_every=1000", "data.max_length=48"]
     config = load_config(TINY, overrides)
-    reference = train(config, tmp_path / "reference")
+    reference = train(config, runs.new_out(tmp_path / "reference"))
 
-    killed = tmp_path / "killed"
+    killed = runs.new_out(tmp_path / "killed")
     result = subprocess.run([sys.executable, "-c", KILLED_RUN, str(TINY), str(killed), "13", *overrides],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == -9, result.stderr  # really killed
@@ -170,8 +176,8 @@ def test_resume_after_sigkill_gives_bitwise_identical_weights(tmp_path):
     assert config.model.dropout > 0
 
 
-def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    config = tiny_config("train.max_steps=10", "train.valid_every=5", "data.max_tokens=600")
+def test_crash_during_save_keeps_the_previous_checkpoint(runs, tmp_path, monkeypatch):
+    config = runs.config("train.max_steps=10", "train.valid_every=5", "data.max_tokens=600")
 
     def crash(*args, **kwargs):
         if "step-0000010" in str(args[0]):
@@ -181,7 +187,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     real_save = ckpt.save_model_dir
     monkeypatch.setattr(ckpt, "save_model_dir", crash)
     with pytest.raises(OSError, match="disk full"):
-        train(config, tmp_path / "run")
+        train(config, runs.new_out(tmp_path / "run"))
     assert ckpt.read_pointer(tmp_path / "run", "latest").name == "step-0000005"
     assert ckpt.resolve_model_dir(tmp_path / "run").name == "step-0000005"
 
@@ -189,8 +195,8 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- bad states
 
 
-def test_nan_loss_is_reported_with_its_step(tmp_path, monkeypatch):
-    import zhen.train as train_module
+def test_nan_loss_is_reported_with_its_step(runs, tmp_path, monkeypatch):
+    import zhen.trainer as train_module
 
     real = train_module.label_smoothed_cross_entropy
     calls = {"n": 0}
@@ -202,22 +208,22 @@ def test_nan_loss_is_reported_with_its_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "label_smoothed_cross_entropy", poisoned)
     with pytest.raises(TrainingError, match="non-finite loss or gradient at step 3"):
-        train(tiny_config("train.max_steps=6"), tmp_path / "stop")
+        train(runs.config("train.max_steps=6"), runs.new_out(tmp_path / "stop"))
     calls["n"] = 0
-    out = train(tiny_config("train.max_steps=6", "train.on_nan='skip'"), tmp_path / "skip")
+    out = train(runs.config("train.max_steps=6", "train.on_nan='skip'"), runs.new_out(tmp_path / "skip"))
     assert ckpt.read_pointer(out, "latest").name == "step-0000006"  # the bad update was skipped, not counted
 
 
-def test_wall_clock_limit_makes_the_current_step_the_last(tmp_path, capsys):
+def test_wall_clock_limit_makes_the_current_step_the_last(runs, tmp_path, capsys):
     """train.max_minutes stops a run that max_steps would let go on, with a checkpoint of the last step."""
-    out = train(tiny_config("train.max_steps=100000", "train.max_minutes=1e-6"), tmp_path / "run")
+    out = train(runs.config("train.max_steps=100000", "train.max_minutes=1e-6"), runs.new_out(tmp_path / "run"))
     assert ckpt.read_pointer(out, "latest").name == "step-0000001"  # the deadline passed during the first step
     done = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert done["kind"] == "done" and done["reason"] == "reached train.max_minutes=1e-06"
     assert "stopped: reached train.max_minutes=1e-06" in capsys.readouterr().out
 
 
-def test_out_of_memory_batch_is_split_and_training_continues(tmp_path, monkeypatch, capsys):
+def test_out_of_memory_batch_is_split_and_training_continues(runs, tmp_path, monkeypatch, capsys):
     real_forward = Transformer.forward
 
     def limited(self, src, tgt):
@@ -226,7 +232,7 @@ def test_out_of_memory_batch_is_split_and_training_continues(tmp_path, monkeypat
         return real_forward(self, src, tgt)
 
     monkeypatch.setattr(Transformer, "forward", limited)
-    out = train(tiny_config("train.max_steps=3"), tmp_path / "oom")
+    out = train(runs.config("train.max_steps=3"), runs.new_out(tmp_path / "oom"))
     assert ckpt.read_pointer(out, "latest").name == "step-0000003"
     err = capsys.readouterr().err
     assert "out of memory on batches of src (" in err and "pieces" in err

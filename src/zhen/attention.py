@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zhen.linear import DerivedCache, Linear, linear, pack
+from zhen.linear import DerivedCache, Linear, linear
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> Tensor:
@@ -64,6 +64,45 @@ def scaled_dot_product_attention(
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk): each row sums to 1
     out = F.dropout(weights, p=dropout_p) @ v  # (B, H, Tq, Dh): weighted sum of the values
     return out, weights if need_weights else None
+
+
+class BeamLayoutError(ValueError):
+    """Decoder rows that do not fit the beam layout: a bug in a search loop, not a user error."""
+
+
+@dataclass(frozen=True)
+class BeamLayout:
+    """How decoder rows map to sentences while searching: the one contract between `zhen.search`, the
+    decoder cache (`zhen.model.DecoderCache`) and cross-attention.
+
+    Sentence i owns target rows i·K … i·K + K - 1 (its K hypotheses) and one source row i (its encoder
+    output, source mask and cross-attention K/V), which all its hypotheses read. K = 1 outside beam search
+    and at beam search's first step, where each sentence still has one (empty) prefix.
+    """
+
+    sentences: int  # B: source rows
+    beam: int = 1  # K: target rows per sentence
+
+    @property
+    def rows(self) -> int:
+        return self.sentences * self.beam  # B·K target rows
+
+    def check(self, target_rows: int, source_rows: int, where: str) -> None:
+        if (target_rows, source_rows) != (self.rows, self.sentences):
+            raise BeamLayoutError(f"{where}: {target_rows} target rows and {source_rows} source rows do not fit "
+                                  f"{self.sentences} sentences × {self.beam} hypotheses")
+
+    def group(self, q: Tensor) -> Tensor:
+        """(B·K, H, 1, Dh) → (B, H, K, Dh): a sentence's K hypotheses as K query positions of one row, so its
+        one copy of the source K/V is read once, not once per hypothesis."""
+        _, heads, n_queries, d_head = q.shape
+        if n_queries != 1:
+            raise BeamLayoutError(f"hypotheses can share a source only one query at a time; got {n_queries}")
+        return q.view(self.sentences, self.beam, heads, d_head).transpose(1, 2)
+
+    def ungroup(self, t: Tensor) -> Tensor:
+        """(B, H, K, X) → (B·K, H, 1, X): back to one row per hypothesis."""
+        return t.transpose(1, 2).flatten(0, 1).unsqueeze(2)
 
 
 @dataclass
@@ -167,7 +206,7 @@ class MultiHeadAttention(nn.Module):
         def build() -> tuple[Tensor, Tensor, Tensor | None]:
             weight = torch.cat([projection.weight for projection in projections]).to(dtype)
             bias = torch.cat([projection.bias for projection in projections]).to(dtype)
-            return weight, bias, pack(weight)
+            return weight, bias, projections[0].inference_copy(weight, bias)  # e.g. packed, or int8
 
         return self._stacked_cache.derive((*(id(projection) for projection in projections), dtype), parameters, build)
 
@@ -184,11 +223,13 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        layout: BeamLayout | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Self-attention when `memory` is None (Q, K, V all from x); cross-attention otherwise
         (Q from x, K and V from memory). x: (B, Tq, D) → (B, Tq, D) and weights (B, H, Tq, Tk).
 
-        Cross-attention during decoding passes `memory` = None and a static `cache` holding its K/V."""
+        Cross-attention during decoding passes `memory` = None and a static `cache` holding its K/V, and,
+        in beam search, the `layout` saying which query rows share which source row."""
         if cache is not None and cache.static and cache.k is not None:
             q = self.split_heads(self.w_q(x))  # (B, H, Tq, Dh)
             k, v = cache.k, cache.v  # the source's K/V, computed once per sentence
@@ -201,16 +242,17 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.project(x, self.w_q, self.w_k, self.w_v)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k, v = cache.append(k, v)  # the prefix's K/V plus the new tokens'
-        # Beam search: the G hypotheses of a sentence (rows i·G … i·G + G - 1, one query each) share its one
-        # copy of the source K/V; their queries are attended as G positions of one sequence, so each
-        # sentence's K/V is read once, not once per hypothesis.
-        group = q.size(0) // k.size(0)
-        if group > 1:
-            q = q.view(k.size(0), group, self.n_heads, self.d_head).transpose(1, 2)  # (B·G, H, 1, Dh) → (B, H, G, Dh)
+        grouped = layout is not None and layout.beam > 1
+        if layout is not None:
+            layout.check(q.size(0), k.size(0), "attention")
+        elif q.size(0) != k.size(0):
+            raise BeamLayoutError(f"{q.size(0)} query rows but {k.size(0)} key rows: pass the search's BeamLayout")
+        if grouped:
+            q = layout.group(q)  # (B·K, H, 1, Dh) → (B, H, K, Dh)
         dropout_p = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(
             q, k, v, mask, causal=causal, dropout_p=dropout_p, need_weights=need_weights
         )  # (B, H, Tq, Dh)
-        if group > 1:  # back to one row per hypothesis: (B, H, G, ·) → (B·G, H, 1, ·)
-            out, weights = (None if t is None else t.transpose(1, 2).flatten(0, 1).unsqueeze(2) for t in (out, weights))
+        if grouped:  # back to one row per hypothesis: (B, H, K, ·) → (B·K, H, 1, ·)
+            out, weights = (None if t is None else layout.ungroup(t) for t in (out, weights))
         return self.w_o(self.merge_heads(out)), weights  # concatenate the heads, then W_O

@@ -29,8 +29,11 @@ from safetensors.torch import load_file, save_file
 from zhen.config import Config, ConfigError, from_dict
 from zhen.errors import ZhenError
 from zhen.model import Transformer
+from zhen.special import PAD_ID
+from zhen.textio import write_atomic
 from zhen.tokenizer import Tokenizer
 
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default"  # the model shipped inside the package
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
@@ -55,14 +58,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def _stored_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -120,9 +115,19 @@ def save_model_dir(
 def read_config(directory: Path) -> Config:
     path = Path(directory) / CONFIG_FILE
     try:
-        return from_dict(Config, json.loads(path.read_text(encoding="utf-8")))
+        return from_dict(Config, _upgrade(json.loads(path.read_text(encoding="utf-8"))))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, ConfigError) as error:
         raise CheckpointError(f"{path} is missing or not a valid zhen config: {error}") from error
+
+
+def _upgrade(table: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved by zhen 0.1 named the padding id `model.pad_id`; it is now `zhen.special.PAD_ID`, always."""
+    model = table.get("model")
+    if isinstance(model, dict) and "pad_id" in model:
+        if model["pad_id"] != PAD_ID:
+            raise ConfigError(f"model.pad_id is {model['pad_id']}; zhen models pad with id {PAD_ID}")
+        table["model"] = {k: v for k, v in model.items() if k != "pad_id"}
+    return table
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -141,6 +146,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
             f"{path} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shapes {wrong[:5]}"
         )
+    broken = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise CheckpointError(f"{path} holds NaN or infinite values (in {', '.join(broken[:3])}); "
+                              "the model diverged or the file is damaged: use an earlier checkpoint")
     model.load_state_dict({n: t.float() if t.is_floating_point() else t for n, t in state.items()}, strict=False)
 
 

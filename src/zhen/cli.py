@@ -7,29 +7,50 @@ into one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-from zhen import __version__
+from zhen import __version__, textio
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
+    from zhen.config import DECODE_PRECISIONS
+
     parser.add_argument("--model", "-m", help="model directory or training run (default: the shipped model)")
-    parser.add_argument("--beam", type=int, help="beam size (1: greedy); default: the model's decode.beam")
-    parser.add_argument("--batch-tokens", type=int, help="source tokens per batch")
+    parser.add_argument("--beam", type=positive_int, help="beam size (1: greedy); default: the model's decode.beam")
+    parser.add_argument("--batch-tokens", type=positive_int, help="source tokens per batch")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
-                        help="fp32 (default) or bf16 autocast (fast on GPUs and CPUs with bf16 units)")
+    parser.add_argument("--precision", choices=DECODE_PRECISIONS,
+                        help="default: the model's decode.precision (auto: bf16 autocast on CUDA, fp32 elsewhere; "
+                        "int8: int8 linear layers on the CPU)")
 
 
 def _load_translator(args: argparse.Namespace, nbest: int | None = None):
+    from zhen.errors import ZhenError
     from zhen.translator import Translator
 
     decode = {"beam": args.beam, "batch_tokens": args.batch_tokens}
     decode = {k: v for k, v in decode.items() if v is not None}
     if nbest is not None:
+        if args.beam is not None and nbest > args.beam:
+            raise ZhenError(f"--nbest {nbest} needs a beam at least as wide: --beam {args.beam} keeps only "
+                            f"{args.beam} hypotheses (raise --beam or lower --nbest)")
         decode["nbest"] = nbest
         decode.setdefault("beam", nbest)
     return Translator.load(args.model, device=args.device, precision=args.precision, **decode)
@@ -46,72 +67,65 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    translator = _load_translator(args, args.nbest if args.nbest and args.nbest > 1 else None)
-    output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-    try:
-        if args.text:
-            lines = args.text
-        elif args.input and args.input != "-":
-            lines = _read_lines(Path(args.input))
-        else:
-            lines = sys.stdin
-        chunk = 1 if lines is sys.stdin and sys.stdin.isatty() else 256
-        if args.nbest and args.nbest > 1:
-            for i, hyps in enumerate(translator.translate_nbest_stream(lines, args.nbest, chunk_lines=chunk)):
-                output.write("".join(f"{i}\t{hyp.score:.4f}\t{hyp.text}\n" for hyp in hyps))
-                output.flush() if chunk == 1 else None
-        else:
-            for text in translator.translate_stream(lines, chunk_lines=chunk):
-                output.write(text + "\n")
-                output.flush() if chunk == 1 else None
-    finally:
-        if output is not sys.stdout:
-            output.close()
+    nbest = args.nbest if args.nbest and args.nbest > 1 else None
+    with _input_batches(args) as (batches, interactive, total):  # the input is checked before anything else
+        translator = _load_translator(args, nbest)
+        with _output(args.output) as output, textio.progress(total, "translate") as bar:
+            index = 0
+            for batch in batches:
+                if nbest:
+                    for hyps in translator.translate_nbest(batch, nbest):
+                        output.write("".join(f"{index}\t{hyp.score:.4f}\t{hyp.text}\n" for hyp in hyps))
+                        index += 1
+                else:
+                    output.write("".join(text + "\n" for text in translator.translate(batch)))
+                if interactive:
+                    output.flush()  # someone may be waiting for this answer before sending the next line
+                bar.update(len(batch))
     return 0
 
 
-def _read_lines(path: Path):
-    """Lines of a UTF-8 file, streamed; a line that is not UTF-8 is an error naming the line."""
-    from zhen.text import TextError
+@contextlib.contextmanager
+def _input_batches(args: argparse.Namespace) -> Iterator[tuple[Iterator[list[str]], bool, int | None]]:
+    """The lines to translate in batches, whether they arrive over time, and how many there are (if known).
+    A file is checked to exist, and not to be the output, before anything is written."""
+    if args.text:
+        yield iter([args.text]), False, len(args.text)
+    elif args.input and args.input != "-":
+        path = Path(args.input)
+        textio.check_input(path)
+        if args.output:
+            textio.check_not_same(path, Path(args.output))
+        total = textio.count_lines(path) if sys.stderr.isatty() else None
+        with path.open("rb") as handle:
+            yield textio.file_batches(handle, str(path)), False, total
+    else:
+        batches, interactive = textio.stdin_batches()
+        yield batches, interactive, None
 
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise TextError(f"{path}, line {number}: not valid UTF-8 ({error.reason}); "
-                                "convert the file first, e.g. iconv -f GBK -t UTF-8") from None
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    """Standard output, or a file that appears whole at the end (and not at all after an error)."""
+    if not path:
+        yield sys.stdout
+        return
+    with textio.atomic_output(Path(path)) as handle:
+        yield handle
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from zhen.errors import ZhenError
     from zhen.evaluate import score
 
-    if args.corpus:
-        if args.src or args.ref:
-            raise ZhenError("give either --corpus or --src and --ref, not both")
-        from zhen.config import CorpusConfig
-        from zhen.data import read_corpus
-
-        pairs = list(read_corpus(CorpusConfig(path=args.corpus)))
-        if not pairs:
-            raise ZhenError(f"{args.corpus}: no sentence pairs to evaluate")
-        sources, references = [zh for zh, _ in pairs], [en for _, en in pairs]
-        where = {"corpus": args.corpus}
-    elif args.src and args.ref:
-        sources = [line.rstrip("\r\n") for line in _read_lines(Path(args.src))]
-        references = [line.rstrip("\r\n") for line in _read_lines(Path(args.ref))]
-        if len(sources) != len(references):
-            raise ZhenError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
-        where = {"src": args.src, "ref": args.ref}
-    else:
-        raise ZhenError("give --src FILE --ref FILE, or --corpus PATH (a .tsv, .jsonl, PREFIX of .zh/.en, or hsk)")
+    sources, references, where = _test_set(args)
+    for given in filter(None, (args.src, args.ref, args.corpus)):
+        if args.output:
+            textio.check_not_same(Path(given), Path(args.output))
     translator = _load_translator(args)
-    hypotheses = translator.translate(sources)
+    with textio.progress(len(sources), "evaluate") as bar:
+        hypotheses = translator.translate(sources, progress=lambda done, total: bar.update(done - bar.n))
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        textio.write_atomic(Path(args.output), "".join(h + "\n" for h in hypotheses))
     scores = score(hypotheses, references)
     if args.json:
         print(json.dumps({"model": str(args.model or "shipped"), **where, "beam": translator.config.decode.beam,
@@ -121,25 +135,87 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from zhen.explain import run
+def _test_set(args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, str]]:
+    """Sources, references and where they came from, from --corpus or --src/--ref; never empty."""
+    from zhen.errors import ZhenError
 
-    return run(args)
+    if args.corpus:
+        if args.src or args.ref:
+            raise ZhenError("give either --corpus or --src and --ref, not both")
+        from zhen.config import CorpusConfig
+        from zhen.data import read_corpus
+
+        pairs = read_corpus(CorpusConfig(path=args.corpus))
+        sources, references, where = [zh for zh, _ in pairs], [en for _, en in pairs], {"corpus": args.corpus}
+    elif args.src and args.ref:
+        sources, references = (_read_all(Path(name)) for name in (args.src, args.ref))
+        if len(sources) != len(references):
+            raise ZhenError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        where = {"src": args.src, "ref": args.ref}
+    else:
+        raise ZhenError("give --src FILE --ref FILE, or --corpus PATH (a .tsv, .jsonl, PREFIX of .zh/.en, or hsk)")
+    if not sources:
+        raise ZhenError(f"{where.get('corpus') or where['src']}: no sentences to evaluate")
+    return sources, references, where
+
+
+def _read_all(path: Path) -> list[str]:
+    textio.check_input(path)
+    with path.open("rb") as handle:
+        return [line for batch in textio.file_batches(handle, str(path)) for line in batch]
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from zhen.checkpoint import DEFAULT_MODEL, load_model_dir
+    from zhen.explain import check_choice, explain_sentence
+    from zhen.explain.render import View, render_sections, render_text
+    from zhen.text import Normalizer
+
+    loaded = load_model_dir(args.model or DEFAULT_MODEL)
+    check_choice(loaded.model.config, args.layer, args.head, args.values)
+    trace = explain_sentence(loaded.model, loaded.tokenizer, args.text,
+                             normalize=Normalizer(loaded.config.text).zh, decode=loaded.config.decode)
+    view = View(layer=args.layer, head=args.head, values=args.values, model=str(loaded.directory))
+    sections = render_sections(trace, view)
+    print(render_text(sections))
+    if args.out or args.html:
+        _write_explain_files(trace, sections, Path(args.out or "explain-out"), args.layer, args.html)
+    return 0
+
+
+def _write_explain_files(trace, sections, out: Path, layer: int | None, html: bool) -> None:
+    """The heatmaps (and the page) in `out`; every path written is printed, so nothing lands unannounced."""
+    from zhen.explain.plot import write_heatmaps
+    from zhen.explain.render import render_html
+
+    pictures = write_heatmaps(trace, out, layer=layer)
+    written = [path for paths in pictures.values() for path in paths]
+    if html:
+        page = out / "walkthrough.html"
+        textio.write_atomic(page, render_html(trace, sections, pictures))
+        written.append(page)
+    where = out.resolve()
+    print(f"\nwrote {len(written)} files to {where}" + ("" if out.is_absolute() else f" (--out {out})"))
+    print("\n".join(f"  {path}" for path in written))
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from zhen.checkpoint import resolve_model_dir
+    from zhen.checkpoint import CONFIG_FILE, DEFAULT_MODEL, read_config, resolve_model_dir
     from zhen.config import TextConfig
     from zhen.text import Normalizer
-    from zhen.tokenizer import Tokenizer, show_pieces
-    from zhen.translator import DEFAULT_MODEL
+    from zhen.tokenizer import JOINT_FILE, SRC_FILE, Tokenizer, show_pieces
 
-    directory = resolve_model_dir(args.model or DEFAULT_MODEL)
+    directory = Path(args.model or DEFAULT_MODEL)
+    if not any((directory / name).is_file() for name in (SRC_FILE, JOINT_FILE)):  # a run: its best checkpoint
+        directory = resolve_model_dir(directory)
     tokenizer = Tokenizer.load(directory)
-    from zhen.checkpoint import read_config
-
-    text_config = read_config(directory).text if (directory / "config.json").is_file() else TextConfig()
-    print(show_pieces(tokenizer, Normalizer(text_config).zh(args.text)))
+    texts = args.text
+    if not args.raw:  # what the model sees: the text normalised as in its training (a bare tokenizer: defaults)
+        has_config = (directory / CONFIG_FILE).is_file()
+        normalizer = Normalizer(read_config(directory).text if has_config else TextConfig())
+        texts = normalizer.zh_many(texts) if args.side == "src" else normalizer.en_many(texts)
+    for text in texts:
+        print(show_pieces(tokenizer, text, args.side))
     return 0
 
 
@@ -158,9 +234,25 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from zhen.checkpoint import export_model, resolve_model_dir
 
+    if args.format != "zhen" or args.quantization or args.check:  # another engine's format: zhen.interop
+        from zhen.interop.command import run_export
+
+        return run_export(args)
     out = export_model(resolve_model_dir(args.model), Path(args.output), dtype=_dtype(args.dtype))
     print(f"exported {resolve_model_dir(args.model)} to {out}")
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from zhen.interop.command import run_import
+
+    return run_import(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zhen.serve.command import run
+
+    return run(args)
 
 
 def _dtype(name: str):
@@ -186,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", help="sentences to translate (otherwise -i FILE or standard input)")
     p.add_argument("--input", "-i", help="input file, one sentence per line ('-': standard input)")
     p.add_argument("--output", "-o", help="output file (default: standard output)")
-    p.add_argument("--nbest", type=int, help="print the N best translations: index, score, text")
+    p.add_argument("--nbest", type=positive_int, help="print the N best translations: index, score, text")
     _model_args(p)
     p.set_defaults(run=cmd_translate)
 
@@ -209,9 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", type=int, default=6, help="how many numbers of each vector to print (default 6)")
     p.set_defaults(run=cmd_explain)
 
-    p = commands.add_parser("tokenize", help="show the SentencePiece pieces and ids of a Chinese sentence")
-    p.add_argument("text")
+    p = commands.add_parser("tokenize", help="show the SentencePiece pieces and ids of a sentence")
+    p.add_argument("text", nargs="+", help="sentence(s) to split")
     p.add_argument("--model", "-m", help="model directory (default: the shipped model)")
+    p.add_argument("--side", choices=("src", "tgt"), default="src", help="source (Chinese, default) or target model")
+    p.add_argument("--raw", action="store_true", help="skip the model's text normalisation")
     p.set_defaults(run=cmd_tokenize)
 
     p = commands.add_parser("average", help="average the last K checkpoints of a training run into a model")
@@ -221,11 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(run=cmd_average)
 
-    p = commands.add_parser("export", help="copy a model without its training state, optionally as fp16")
+    p = commands.add_parser("export", help="copy a model without its training state, or for CTranslate2 or Marian")
     p.add_argument("model", help="model directory or training run")
     p.add_argument("--output", "-o", required=True, help="new model directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.set_defaults(run=cmd_export)
+    from zhen.interop.command import add_interop_commands  # standard library only
+    add_interop_commands(p, commands, export=cmd_export, import_marian=cmd_import)
+
+    from zhen.serve.command import add_arguments  # standard library only: the server's own imports wait for cmd_serve
+
+    add_arguments(commands.add_parser("serve", help="translation server and page")).set_defaults(run=cmd_serve)
 
     return parser
 

@@ -12,12 +12,18 @@ This module is the only home of defaults. A config file has up to six sections::
 Every key is checked: an unknown key or a value of the wrong type or range raises
 `ConfigError` naming the section and the key. `load_config(path, overrides)` applies
 command-line overrides of the form ``section.key=value`` (the value in TOML syntax).
+
+Corpus paths (`data.train`, `data.dev`) become absolute when a config is loaded: a relative path in a TOML
+file is relative to that file's folder (so a config works from any directory), one given as an override
+(``--set data.train=[…]``) is relative to the current directory, and a built-in corpus name (`hsk`) stays a
+name. A model directory's `config.json` is a record and keeps its paths as they were written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import types
 import typing
@@ -30,6 +36,13 @@ from zhen.errors import ZhenError
 
 class ConfigError(ZhenError, ValueError):
     """A config file, key or value that zhen cannot use."""
+
+
+# Compute precision, for training and translation alike (`zhen.device.compute_dtype` turns it into a dtype):
+# auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 = bf16 autocast (on CPUs with native bf16 units).
+PRECISIONS = ("auto", "fp32", "bf16")
+DECODE_PRECISIONS = (*PRECISIONS, "int8")  # translation also with int8 linear layers on the CPU (zhen.quantize)
+DEFAULT_PRECISION = "auto"
 
 
 def _check(condition: bool, message: str) -> None:
@@ -54,13 +67,13 @@ class ModelConfig:
     n_decoder_layers: int = 6
     dropout: float = 0.1  # on embeddings and every sub-layer output
     attention_dropout: float = 0.0  # on the attention weights
-    activation: str = "relu"  # relu | gelu  (Note §5)
+    activation: str = "relu"  # relu | gelu | swish (x·σ(x), Marian's and opus-mt's)  (Note §5)
     norm: str = "post"  # post: LayerNorm(x + F(x)) as in the note | pre: x + F(LayerNorm(x))
     positions: str = "sinusoidal"  # sinusoidal | learned  (Note §1)
     max_positions: int = 1024  # longest sequence the position table covers
     tie_output: bool = True  # output projection shares the target embedding matrix
     share_embeddings: bool = False  # source and target share one embedding (joint vocabulary)
-    pad_id: int = 0
+    output_bias: bool = False  # a bias on the logits (Marian's final_logits_bias, kept by zhen import-marian)
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_positions"):
@@ -73,14 +86,13 @@ class ModelConfig:
         )
         for name in ("dropout", "attention_dropout"):
             _check(0.0 <= getattr(self, name) < 1.0, f"model.{name} must be in [0, 1); got {getattr(self, name)}")
-        _one_of("model.activation", self.activation, ("relu", "gelu"))
+        _one_of("model.activation", self.activation, ("relu", "gelu", "swish"))
         _one_of("model.norm", self.norm, ("post", "pre"))
         _one_of("model.positions", self.positions, ("sinusoidal", "learned"))
         _check(
             not self.share_embeddings or self.src_vocab_size == self.tgt_vocab_size,
             "model.share_embeddings needs equal source and target vocabularies (a joint tokenizer)",
         )
-        _check(0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size), "model.pad_id out of range")
 
     @property
     def d_head(self) -> int:
@@ -115,12 +127,17 @@ class TokenizerConfig:
         _check(self.input_sentence_size > 0, "tokenizer.input_sentence_size must be positive")
 
 
+BUILTIN_CORPORA = ("hsk",)  # corpora that ship with zhen, named instead of found on disk
+CORPUS_LISTS = ("train", "dev")  # the [data] keys that list corpora
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """One parallel corpus.
 
     `path` is a file (`.tsv`, `.jsonl`, each optionally `.gz`/`.xz`), a prefix of two line-aligned
-    files (`path.zh` + `path.en`), or the name of a built-in corpus (`hsk`).
+    files (`path.zh` + `path.en`), or the name of a built-in corpus (`hsk`). In a config file a relative
+    path is relative to the file's folder (see `load_config`).
     """
 
     path: str = ""
@@ -187,7 +204,7 @@ class TrainConfig:
     log_every: int = 100
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = DEFAULT_PRECISION  # see PRECISIONS
     compile: bool = False  # torch.compile the model
     on_nan: str = "stop"  # stop | skip  (a non-finite loss)
 
@@ -208,7 +225,7 @@ class TrainConfig:
         _check(self.patience >= 0, "train.patience must be non-negative")
         _check(self.valid_beam >= 1, "train.valid_beam must be at least 1")
         _check(self.log_every > 0, "train.log_every must be positive")
-        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _one_of("train.precision", self.precision, PRECISIONS)
         _one_of("train.on_nan", self.on_nan, ("stop", "skip"))
 
 
@@ -222,6 +239,7 @@ class DecodeConfig:
     max_len_a: float = 2.0  # output at most a·|src| + b tokens
     max_len_b: int = 10
     batch_tokens: int = 4096  # source tokens per translation batch
+    precision: str = DEFAULT_PRECISION  # see PRECISIONS
 
     def __post_init__(self) -> None:
         _check(self.beam >= 1, "decode.beam must be at least 1")
@@ -229,6 +247,7 @@ class DecodeConfig:
         _check(self.length_penalty >= 0, "decode.length_penalty must be non-negative")
         _check(self.max_len_a >= 0 and self.max_len_b >= 1, "decode.max_len_a >= 0 and decode.max_len_b >= 1")
         _check(self.batch_tokens > 0, "decode.batch_tokens must be positive")
+        _one_of("decode.precision", self.precision, DECODE_PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -302,9 +321,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def is_builtin(path: str, format_: str = "auto") -> bool:
+    """Whether a corpus `path` names a built-in corpus rather than a file."""
+    return format_ == "builtin" or (format_ == "auto" and path in BUILTIN_CORPORA)
+
+
+def _absolute_corpora(corpora: Any, base: Path) -> Any:
+    """A [data] corpus list with relative paths made absolute against `base`; built-in names stay names.
+    Anything malformed is returned as it is, for `from_dict` to report."""
+    if not isinstance(corpora, list):
+        return corpora
+    resolved = []
+    for corpus in corpora:
+        path = corpus.get("path") if isinstance(corpus, dict) else None
+        if isinstance(path, str) and path and not is_builtin(path, corpus.get("format", "auto")):
+            corpus = {**corpus, "path": os.path.abspath(base / Path(path).expanduser())}
+        resolved.append(corpus)
+    return resolved
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str], corpus_base: Path | None = None) -> dict[str, Any]:
+    """Set each `section.key=value` in `table`; corpus lists given so are resolved against `corpus_base`."""
     for text in overrides:
         keys, value = parse_override(text)
+        if corpus_base is not None and len(keys) == 2 and keys[0] == "data" and keys[1] in CORPUS_LISTS:
+            value = _absolute_corpora(value, corpus_base)
         node = table
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -313,19 +354,28 @@ def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, An
     return table
 
 
+def _read_table(path: Path) -> dict[str, Any]:
+    """A config file's table; a TOML file's relative corpus paths resolved against its folder."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        table = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a valid config file: {error}") from error
+    data = table.get("data")
+    if path.suffix != ".json" and isinstance(data, dict):  # a model directory's config.json is a record
+        for key in CORPUS_LISTS:
+            if key in data:
+                data[key] = _absolute_corpora(data[key], path.parent)
+    return table
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a TOML (or the JSON a model directory holds) config; apply `section.key=value` overrides."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-            table = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: not a valid config file: {error}") from error
-    table = apply_overrides(table, overrides or [])
+    """Read a TOML (or the JSON a model directory holds) config; apply `section.key=value` overrides.
+    Relative corpus paths: a TOML file's against its folder, the overrides' against the current directory."""
+    table = _read_table(Path(path)) if path is not None else {}
+    table = apply_overrides(table, overrides or [], corpus_base=Path.cwd())
     try:
         return from_dict(Config, table)
     except ConfigError as error:

@@ -16,7 +16,8 @@ Shapes: B sentences in a batch, S source length, T target length (+1 for BOS or 
     Batch.tgt_in   (B, T)  int64   BOS + target ids, PAD after      (decoder input: teacher forcing)
     Batch.tgt_out  (B, T)  int64   target ids + EOS, PAD after      (what the decoder must predict)
 
-Corpus formats (`CorpusConfig.path`, relative to the working directory; any file may end in .gz/.xz):
+Corpus formats (`CorpusConfig.path`; `zhen.config.load_config` makes a config's relative paths absolute; any
+file may end in .gz/.xz):
     PREFIX          PREFIX.zh + PREFIX.en, line-aligned ("\\n" ends a line; "\\r\\n" is accepted)
     FILE.tsv        tab-separated columns, Chinese in `src_column`, English in `tgt_column` (from 0)
     FILE.jsonl      one JSON object per line, {"zh": …, "en": …} (keys `src_key` / `tgt_key`)
@@ -50,11 +51,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from zhen.config import CorpusConfig, DataConfig
+from zhen.config import BUILTIN_CORPORA, CorpusConfig, DataConfig, is_builtin
+from zhen.special import BOS_ID, EOS_ID, PAD_ID
 from zhen.text import Normalizer, TextError
-from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from zhen.textio import progress
+from zhen.tokenizer import Tokenizer
 
-BUILTIN_CORPORA = ("hsk",)
 _COMPRESSIONS = (".gz", ".xz")
 _BOM = b"\xef\xbb\xbf"
 # Bump whenever reading, normalising or encoding changes what a cache would contain.
@@ -84,7 +86,7 @@ class Source:
 def resolve(corpus: CorpusConfig) -> Source:
     """Find a corpus's files and format, or raise a `DataError` that says what was looked for."""
     path, format_ = corpus.path, corpus.format
-    if format_ == "builtin" or (format_ == "auto" and path in BUILTIN_CORPORA):
+    if is_builtin(path, format_):
         if path not in BUILTIN_CORPORA:
             raise DataError(f"unknown built-in corpus {path!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}")
         return Source(path, "builtin", (_hsk_file(),))
@@ -146,10 +148,10 @@ class Columns:
     undecodable: int = 0
 
 
-def read_corpus(corpus: CorpusConfig) -> Iterator[tuple[str, str]]:
-    """The raw (not normalised, not cleaned) (Chinese, English) pairs of one corpus, in file order."""
+def read_corpus(corpus: CorpusConfig) -> list[tuple[str, str]]:
+    """The raw (not normalised, not cleaned) (Chinese, English) pairs of one corpus, in file order, in memory."""
     columns = read_columns(corpus)
-    yield from zip(columns.zh, columns.en, strict=True)
+    return list(zip(columns.zh, columns.en, strict=True))
 
 
 def read_columns(corpus: CorpusConfig) -> Columns:
@@ -428,9 +430,11 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 def encode_corpus(
-    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, data_config: DataConfig
+    pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, data_config: DataConfig,
+    advance: Callable[[int], None] | None = None,
 ) -> tuple[TokenizedCorpus, CleanStats]:
-    """Encode normalised pairs and drop those that break the token-length rules:
+    """Encode normalised pairs (`advance(n)` after every n, for a progress bar) and drop those that break
+    the token-length rules:
 
     - too long: source (with EOS) or target (with EOS) longer than `max_length` tokens;
     - length ratio: the longer side (with EOS) has at least `ratio_min_length` tokens and more than
@@ -443,6 +447,8 @@ def encode_corpus(
             src = _flatten(tokenizer.encode_src([p[0] for p in chunk]), src_dtype)
             tgt = _flatten(tokenizer.encode_tgt([p[1] for p in chunk]), tgt_dtype)
             parts.append((*src, *tgt))
+            if advance is not None:
+                advance(len(chunk))
     if parts:
         src_lengths, src_ids, tgt_lengths, tgt_ids = (np.concatenate(column) for column in zip(*parts, strict=True))
     else:
@@ -528,7 +534,8 @@ def load_or_build(
     start = time.perf_counter()
     pairs, read_stats = load_pairs(corpora, normalizer, clean=True, data_config=data_config)
     read_time = time.perf_counter()
-    corpus, encode_stats = encode_corpus(pairs, tokenizer, data_config)
+    with progress(len(pairs), "token cache: encoding") as bar:  # the longest part of a build
+        corpus, encode_stats = encode_corpus(pairs, tokenizer, data_config, advance=bar.update)
     del pairs
     encode_time = time.perf_counter()
     stats = read_stats.then(encode_stats)
@@ -621,18 +628,9 @@ class Batch:
         return self.src.shape[0]
 
     @property
-    def n_src_tokens(self) -> int:
-        return int((self.src != PAD_ID).sum())
-
-    @property
     def n_tgt_tokens(self) -> int:
         """Tokens the loss is computed on (EOS included)."""
         return int((self.tgt_out != PAD_ID).sum())
-
-    @property
-    def src_mask(self) -> torch.Tensor:
-        """(B, 1, 1, S) bool, True at real source tokens: broadcasts over heads and query positions."""
-        return (self.src != PAD_ID)[:, None, None, :]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.src, self.tgt_in, self.tgt_out)))

@@ -54,9 +54,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The autocast dtype: bf16 or fp32 (fp32 means no autocast)."""
+    """The autocast dtype: bf16 or fp32 (fp32 means no autocast); int8 (translation on the CPU only) means
+    fp32 activations and int8 linear layers (`zhen.quantize`)."""
     if precision == "fp32":
         return torch.float32
+    if precision == "int8":
+        if device.type != "cpu":
+            warnings.warn(f"precision int8 is for the CPU; on {device.type} using fp32", stacklevel=2)
+            return torch.float32
+        return torch.int8
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_fast_bf16():
             warnings.warn("precision bf16 asked for, but this CPU has no native bf16 units (AVX-512 BF16 or AMX), "
@@ -64,12 +70,12 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
             return torch.float32
         return torch.bfloat16
     if precision != "auto":
-        raise DeviceError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
+        raise DeviceError(f"unknown precision {precision!r}: use auto, fp32, bf16 or int8")
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.int8):  # int8 quantizes the weights, not the activations
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zhen.attention import KVCache, MultiHeadAttention
+from zhen.attention import BeamLayout, KVCache, MultiHeadAttention
 from zhen.linear import Linear
 
 
@@ -49,7 +49,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w_1 = Linear(d_model, d_ff)
         self.w_2 = Linear(d_ff, d_model)
-        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.activation = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}[activation]
         for linear in (self.w_1, self.w_2):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
@@ -98,8 +98,10 @@ class DecoderLayer(nn.Module):
         self_cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
         need_weights: bool = False,
+        layout: BeamLayout | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """y: (B, T, D), memory: (B, S, D) or None when `cross_cache` holds its K/V.
+        """y: (B, T, D), memory: (B, S, D) or None when `cross_cache` holds its K/V; `layout`: which rows of
+        y read which source row while searching (see `BeamLayout`).
 
         Returns (B, T, D), self-attention weights (B, H, T, T') and cross-attention weights (B, H, T, S).
         """
@@ -109,7 +111,8 @@ class DecoderLayer(nn.Module):
         y = self.self_attn_norm.after(y, h)
         # Only the source padding is masked here: every target position may read the whole source.
         h, cross_weights = self.cross_attn(
-            self.cross_attn_norm.before(y), memory, mask=src_mask, cache=cross_cache, need_weights=need_weights
+            self.cross_attn_norm.before(y), memory, mask=src_mask, cache=cross_cache, need_weights=need_weights,
+            layout=layout,
         )
         y = self.cross_attn_norm.after(y, h)
         y = self.ffn_norm.after(y, self.ffn(self.ffn_norm.before(y)))

@@ -28,7 +28,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FEW_ROWS = 2  # up to this many rows the weight-stationary blocks win (measured for R = 1, 2, 5, 10, 32, 160, 640)
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_works(reorder: Callable[..., Tensor] | None = None, product: Callable[..., Tensor] | None = None) -> bool:
+    """Whether oneDNN's packed linear, reached through PyTorch's private ops `mkldnn._reorder_linear_weight`
+    and `mkldnn._linear_pointwise`, exists in this build and computes what `F.linear` computes. Checked once
+    at import; when it does not, every product takes `F.linear` (slower here, never wrong)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    reorder = reorder or getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    product = product or getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if reorder is None or product is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((5, 8), (16, 8), (16,)))
+    try:
+        with torch.no_grad():
+            y = product(x, reorder(weight, None), bias, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, weight, bias), rtol=1e-4, atol=1e-5))
+    except (RuntimeError, TypeError, ValueError):  # a changed signature or an unsupported CPU
+        return False
+
+
+ONEDNN = onednn_works()
+# Parameters' version counters (bumped by every in-place change) tell when a derived copy is stale. Where a
+# build lacks them, derived copies are rebuilt at every call: slower, never stale.
+VERSIONED = hasattr(torch.zeros(1), "_version")
 
 
 def inference_on_cpu(x: Tensor) -> bool:
@@ -53,6 +78,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, packed: Tensor
 
 def _inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor | None) -> Tensor:
     """`linear` once `inference_on_cpu(x)` holds: the weight-stationary blocks or oneDNN (see the module doc)."""
+    if callable(packed):  # a kernel with its own copy of W and b (zhen.quantize's int8)
+        return packed(x)
     n, k = weight.shape
     rows = x.numel() // k
     blocks = torch.get_num_threads()
@@ -72,6 +99,8 @@ class DerivedCache(dict):
     start empty: oneDNN's packed tensors cannot be copied, and a copy's parameters are not the original's."""
 
     def derive(self, key: Hashable, parameters: Sequence[Tensor], build: Callable[[], Any]) -> Any:
+        if not VERSIONED:
+            return build()
         version = tuple((p.data_ptr(), p._version) for p in parameters)  # changes whenever a parameter does
         cached = self.get(key)
         if cached is None or cached[0] != version:
@@ -89,6 +118,10 @@ class Linear(nn.Linear):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.derived = DerivedCache()
+
+    def inference_copy(self, weight: Tensor, bias: Tensor | None) -> Any:
+        """What `linear` runs inference on for this layer's (or stacked layers') W and b: `pack(weight)`."""
+        return pack(weight)
 
     def forward(self, x: Tensor) -> Tensor:
         if not inference_on_cpu(x):  # training: no packed copy, which every optimizer step would make stale

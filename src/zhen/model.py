@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
-from zhen.attention import KVCache
+from zhen.attention import BeamLayout, KVCache
 from zhen.config import ModelConfig
 from zhen.embedding import Embeddings, PositionalEncoding, TokenEmbedding
 from zhen.layers import DecoderLayer, EncoderLayer
 from zhen.linear import Linear
+from zhen.special import PAD_ID
 
 
 @dataclass
@@ -44,34 +44,36 @@ class DecoderCache:
     """Everything incremental decoding keeps between steps: per layer the self-attention K/V of the
     tokens so far, and the cross-attention K/V of the source, computed once per sentence.
 
-    With beam search each sentence has `beam` hypotheses, rows i·K … i·K + K - 1 of the target side;
-    they all read the same source, so the source K/V and mask keep one row per sentence.
+    `layout` says which target rows belong to which sentence (see `BeamLayout`): the self-attention K/V
+    have a row per hypothesis, the source K/V and mask a row per sentence. Beam search changes the layout
+    explicitly with every `reorder` and `select`, and each checks the rows it is given against it.
     """
 
     self_attn: list[KVCache]
     cross_attn: list[KVCache]
     src_mask: Tensor  # (B, 1, 1, S)
-    beam: int = 1  # hypotheses (target rows) per sentence
+    layout: BeamLayout
     length: int = 0  # target tokens decoded so far: the position of the next one
 
-    def reorder(self, parents: Tensor) -> None:
-        """Beam search: every hypothesis continues the prefix of its parent beam, a row of the same sentence,
-        so only the self-attention K/V move. The rows per sentence may change (after beam search's first
-        step, one row per sentence becomes K)."""
+    def reorder(self, parents: Tensor, layout: BeamLayout) -> None:
+        """Beam search: target row r continues the prefix of row `parents[r]`, a row of the same sentence, so
+        only the self-attention K/V move; afterwards the rows are laid out as `layout` (after the first step,
+        one row per sentence becomes K)."""
+        layout.check(parents.numel(), self.src_mask.size(0), "DecoderCache.reorder")
         for cache in self.self_attn:
             cache.index_select(parents)
-        self.beam = parents.numel() // self.src_mask.size(0)
+        self.layout = layout
 
-    def select(self, rows: Tensor) -> None:
-        """Keep only target `rows` (B'·K,), whole sentences' worth, each sentence's together (finished
-        sentences leave); as in `reorder`, the rows per sentence may change."""
+    def select(self, rows: Tensor, sentences: Tensor, layout: BeamLayout) -> None:
+        """Keep target `rows` (B'·K,) and source rows `sentences` (B',) (finished sentences leave), laid out
+        as `layout` afterwards; the rows of sentence j come from `sentences[j]`'s rows."""
+        layout.check(rows.numel(), sentences.numel(), "DecoderCache.select")
         for cache in self.self_attn:
             cache.index_select(rows)
-        sentences = torch.unique_consecutive(rows // self.beam)  # (B',) every row of a sentence descends from it
         for cache in self.cross_attn:
             cache.index_select(sentences)
         self.src_mask = self.src_mask.index_select(0, sentences)
-        self.beam = rows.numel() // sentences.numel()
+        self.layout = layout
 
 
 class Transformer(nn.Module):
@@ -82,8 +84,8 @@ class Transformer(nn.Module):
         self.config = config
         c = config
         pre_norm = c.norm == "pre"
-        src_tokens = TokenEmbedding(c.src_vocab_size, c.d_model, c.pad_id)
-        tgt_tokens = src_tokens if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, c.pad_id)
+        src_tokens = TokenEmbedding(c.src_vocab_size, c.d_model, PAD_ID)
+        tgt_tokens = src_tokens if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, PAD_ID)
         self.src_embed = Embeddings(src_tokens, PositionalEncoding(c.max_positions, c.d_model, c.positions), c.dropout)
         self.tgt_embed = Embeddings(tgt_tokens, PositionalEncoding(c.max_positions, c.d_model, c.positions), c.dropout)
         layer_args = (c.d_model, c.n_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation, pre_norm)
@@ -92,14 +94,14 @@ class Transformer(nn.Module):
         # Pre-norm leaves the residual stream unnormalised, so each stack ends with one LayerNorm.
         self.encoder_norm = nn.LayerNorm(c.d_model) if pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.d_model) if pre_norm else nn.Identity()
-        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.d_model, c.tgt_vocab_size, bias=c.output_bias)
         if c.tie_output:
             self.output.weight = tgt_tokens.weight  # one matrix for the target embedding and the logits
         else:
             nn.init.normal_(self.output.weight, mean=0.0, std=c.d_model**-0.5)
 
     def source_mask(self, src: Tensor) -> Tensor:
-        return (src != self.config.pad_id)[:, None, None, :]  # (B, S) → (B, 1, 1, S)
+        return (src != PAD_ID)[:, None, None, :]  # (B, S) → (B, 1, 1, S)
 
     def encode(self, src: Tensor, need_weights: bool = False) -> Encoded:
         """Note §1–§6: source ids (B, S) → H_enc (B, S, D). All positions are computed in parallel."""
@@ -132,7 +134,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             self_cache = cache.self_attn[i] if cache is not None else None
             cross_cache = cache.cross_attn[i] if cache is not None else None
-            y, self_weights, cross_weights = layer(y, memory, src_mask, self_cache, cross_cache, need_weights)
+            layout = cache.layout if cache is not None else None
+            y, self_weights, cross_weights = layer(y, memory, src_mask, self_cache, cross_cache, need_weights, layout)
             if need_weights:
                 self_maps.append(self_weights)
                 cross_maps.append(cross_weights)
@@ -151,12 +154,13 @@ class Transformer(nn.Module):
 
     def start_decoding(self, encoded: Encoded, beam: int = 1) -> DecoderCache:
         """Compute every decoder layer's cross-attention K/V (H_enc·W_K, H_enc·W_V) once per sentence.
-        `beam`: hypotheses per sentence, decoded as rows i·K … i·K + K - 1 (see `DecoderCache`)."""
+        `beam`: hypotheses per sentence, decoded as rows i·K … i·K + K - 1 (see `BeamLayout`)."""
         cross = []
         for layer in self.decoder_layers:
             k, v = layer.cross_attn.keys_values(encoded.memory)  # (B, H, S, Dh) each
             cross.append(KVCache(k, v, static=True))
-        return DecoderCache([KVCache() for _ in self.decoder_layers], cross, encoded.src_mask, beam)
+        layout = BeamLayout(encoded.memory.size(0), beam)
+        return DecoderCache([KVCache() for _ in self.decoder_layers], cross, encoded.src_mask, layout)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """The next-token distribution: newest tokens (B, 1) → log-probabilities (B, V), cache grown by one."""

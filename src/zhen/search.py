@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from zhen.attention import BeamLayout
 from zhen.config import DecodeConfig
-from zhen.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from zhen.special import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
 
@@ -164,7 +165,7 @@ def greedy_search(
         if running.numel() == 0:
             break
         if running.numel() < rows.numel():  # finished sentences leave the batch
-            cache.select(running)
+            cache.select(running, running, BeamLayout(running.numel()))
             rows, row_limits, best = rows[running], row_limits[running], best[running]
         tokens = best[:, None]  # (B, 1)
 
@@ -208,7 +209,7 @@ def beam_search(
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and beam ({beam}); got {nbest}")
-    n, k, device = src.size(0), beam, src.device
+    n, k = src.size(0), beam
     if n == 0:
         return []
     max_lens = max_output_lengths(src, max_len_a, max_len_b, model.config.max_positions, pad_id)  # (B,)
@@ -216,53 +217,69 @@ def beam_search(
     # Step 1 decodes one row per sentence: its K beams all start as the same empty prefix. Its K best tokens
     # then become the K beams (rows i·K … i·K + K - 1 of sentence i), which re-indexing the cache creates.
     cache = model.start_decoding(model.encode(src))
-    sentences = torch.arange(n)  # (B,) on the host: input index of each sentence still being decoded
-    scores = torch.full((n, k), NEG_INF, device=device)  # (B, K)
-    scores[:, 0] = 0.0  # one live beam at step 1, or all K would pick alike
-    prefixes = torch.full((n, 1), bos_id, device=device)  # (B·R, t): BOS + the tokens so far, R rows a sentence
-    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-    n_finished = torch.zeros(n, dtype=torch.long)  # (B,) on the host, in input order
-
+    state = _BeamState.start(n, k, bos_id, src.device)
     for step in range(1, longest + 1):
-        b, r = sentences.numel(), 1 if step == 1 else k  # r: rows a sentence (R)
-        log_probs = model.decode_step(prefixes[:, -1:], cache)  # (B·R, V)
-        at_limit = (max_lens[sentences] <= step).to(device).repeat_interleave(r) if step >= shortest else None
+        b, r = state.sentences.numel(), cache.layout.beam  # r: rows a sentence now (1 at step 1, then K)
+        log_probs = model.decode_step(state.prefixes[:, -1:], cache)  # (B·R, V)
+        at_limit = (max_lens[state.sentences] <= step).to(src.device).repeat_interleave(r) if step >= shortest else None
         apply_length_rules(log_probs, step, min_len=min_len, at_limit=at_limit, eos_id=eos_id, never=[pad_id, bos_id])
-        chosen = beam_step(log_probs.view(b, r, -1).expand(b, k, -1), scores, eos_id=eos_id)  # (B, K, V) a view
-        # Rows in the current layout: at step 1 every beam's parent is its sentence's one row.
-        first_row = torch.arange(b, device=device)[:, None] * r  # (B, 1) each sentence's first row
+        chosen = beam_step(log_probs.view(b, r, -1).expand(b, k, -1), state.scores, eos_id=eos_id)  # (B, K, V) a view
+        first_row = torch.arange(b, device=src.device)[:, None] * r  # (B, 1) each sentence's first row
+        # At step 1 every beam's parent is its sentence's one row.
         parents, finished_parents = (chosen.parents, chosen.finished_parents) if r == k else (0, 0)
-
-        # Hypotheses that ended here leave the beam with their score s(y) = log P(y|x) / lp(|y|), |y| = step.
-        ended_scores = chosen.finished_scores.cpu()  # (B, K), the one host sync of a step
-        if ended_scores.gt(NEG_INF).any():
-            sentence, rank = ended_scores.gt(NEG_INF).nonzero(as_tuple=True)  # (F,) each
-            ended_rows = (first_row + finished_parents).expand(b, k).cpu()[sentence, rank]  # (F,) their prefixes
-            words = prefixes[ended_rows.to(device), 1:].tolist()  # (F, step - 1)
-            lp = gnmt_lp(step, length_penalty)
-            for i, ids, total in zip(sentences[sentence].tolist(), words, ended_scores[sentence, rank].tolist(),
-                                      strict=True):
-                finished[i].append(Hypothesis(ids, total / lp, total))
-            n_finished.index_add_(0, sentences[sentence], torch.ones_like(sentence))
-
-        # Every live beam continues its parent's prefix; sentences that are done leave the batch.
-        parent_rows = (first_row + parents).expand(b, k).reshape(-1)  # (B·K,) row of each new beam's parent
-        done = (n_finished[sentences] >= k) | (max_lens[sentences] <= step)  # (B,) on the host
+        state.collect_ended(chosen.finished_scores, (first_row + finished_parents).expand(b, k), step,
+                            gnmt_lp(step, length_penalty))
+        done = (state.n_finished[state.sentences] >= k) | (max_lens[state.sentences] <= step)  # (B,) on the host
         if done.all():
             break
-        scores, tokens = chosen.scores, chosen.tokens  # (B, K) each
+        state.advance(chosen, (first_row + parents).expand(b, k), done, cache)
+    return [sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest] for hypotheses in state.finished]
+
+
+@dataclass
+class _BeamState:
+    """What beam search carries from step to step for the B sentences still being decoded."""
+
+    sentences: Tensor  # (B,) on the host: the input index of each
+    scores: Tensor  # (B, K) log P of each live prefix
+    prefixes: Tensor  # (B·R, t) BOS + the tokens so far, R rows a sentence (the cache's layout)
+    finished: list[list[Hypothesis]]  # per input sentence, the hypotheses that ended
+    n_finished: Tensor  # (N,) on the host, in input order
+
+    @classmethod
+    def start(cls, n: int, k: int, bos_id: int, device: torch.device) -> _BeamState:
+        scores = torch.full((n, k), NEG_INF, device=device)  # (B, K)
+        scores[:, 0] = 0.0  # one live beam at step 1, or all K would pick alike
+        return cls(torch.arange(n), scores, torch.full((n, 1), bos_id, device=device), [[] for _ in range(n)],
+                   torch.zeros(n, dtype=torch.long))
+
+    def collect_ended(self, ended_scores: Tensor, rows: Tensor, step: int, lp: float) -> None:
+        """Hypotheses that ended at this step, log P `ended_scores` (B, K) (-inf: none), continuing the prefixes
+        in `rows` (B, K), leave the beam with their score s(y) = log P(y|x) / lp(|y|), |y| = step."""
+        ended_scores = ended_scores.cpu()  # (B, K), the one host sync of a step
+        if not ended_scores.gt(NEG_INF).any():
+            return
+        sentence, rank = ended_scores.gt(NEG_INF).nonzero(as_tuple=True)  # (F,) each
+        words = self.prefixes[rows.cpu()[sentence, rank].to(self.prefixes.device), 1:].tolist()  # (F, step - 1)
+        for i, ids, total in zip(self.sentences[sentence].tolist(), words, ended_scores[sentence, rank].tolist(),
+                                 strict=True):
+            self.finished[i].append(Hypothesis(ids, total / lp, total))
+        self.n_finished.index_add_(0, self.sentences[sentence], torch.ones_like(sentence))
+
+    def advance(self, chosen: BeamStep, parent_rows: Tensor, done: Tensor, cache: Any) -> None:
+        """Every live beam continues its parent's prefix (rows `parent_rows` (B, K)); sentences that are `done`
+        (B,) leave the batch. The cache follows, told the new layout: K rows for each sentence that stays."""
+        scores, tokens, k = chosen.scores, chosen.tokens, chosen.scores.size(1)  # (B, K) each
         if done.any():
             keep = (~done).nonzero().squeeze(1)  # (B',)
-            sentences = sentences[keep]
-            keep = keep.to(device)
-            scores, tokens = scores[keep], tokens[keep]  # (B', K)
-            parent_rows = parent_rows.view(b, k)[keep].view(-1)  # (B'·K,)
-            cache.select(parent_rows)  # self K/V by parent; cross K/V and mask by sentence
+            self.sentences = self.sentences[keep]
+            keep = keep.to(scores.device)
+            scores, tokens, parent_rows = scores[keep], tokens[keep], parent_rows[keep]  # (B', K) each
+            cache.select(parent_rows.reshape(-1), keep, BeamLayout(keep.numel(), k))  # self K/V by parent
         else:
-            cache.reorder(parent_rows)
-        prefixes = torch.cat([prefixes[parent_rows], tokens.view(-1, 1)], dim=1)  # (B·K, t + 1)
-
-    return [sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest] for hypotheses in finished]
+            cache.reorder(parent_rows.reshape(-1), BeamLayout(parent_rows.size(0), k))
+        self.scores = scores
+        self.prefixes = torch.cat([self.prefixes[parent_rows.reshape(-1)], tokens.view(-1, 1)], dim=1)  # (B·K, t+1)
 
 
 def search(model: Any, src: Tensor, config: DecodeConfig, *, min_len: int = 0) -> list[list[Hypothesis]]:

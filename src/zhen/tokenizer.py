@@ -6,40 +6,33 @@
     (the ids are illustrations: every trained model numbers its pieces differently)
 
 Formats: a batch of sentences is `list[str]`; a batch of id sequences is `list[list[int]]` (ragged:
-padding is the job of `zhen.data.Batch`). Every model reserves the same special ids:
-
-    PAD_ID 0   padding, never predicted
-    UNK_ID 1   unknown; with byte fallback (the default) no input ever produces it
-    BOS_ID 2   begin of sentence: the first decoder input
-    EOS_ID 3   end of sentence: ends every source sentence and every target
+padding is the job of `zhen.data.Batch`). Every model reserves the special ids of `zhen.special`
+(pad 0, unk 1, bos 2, eos 3); loading checks them.
 
 Separate vocabularies (default) are two files in a directory, `src.model` (Chinese) and `tgt.model`
 (English); a joint vocabulary (`TokenizerConfig.joint`) is one file, `joint.model`, used for both.
 Chinese needs `character_coverage` < 1 (0.9995: rare characters become UTF-8 bytes instead of
 wasting vocabulary entries); English uses 1.0; a joint model uses the Chinese setting.
 
-`python -m zhen.tokenizer MODEL_DIR "我爱你"` prints the pieces and ids of a sentence.
+`zhen tokenize "我爱你" [--model DIR]` prints the pieces and ids of a sentence.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import io
 import os
 import random
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
-from zhen.config import ConfigError, TextConfig, TokenizerConfig, load_config
+from zhen.config import TokenizerConfig
 from zhen.errors import ZhenError
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from zhen.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 SRC_FILE, TGT_FILE, JOINT_FILE = "src.model", "tgt.model", "joint.model"
 
@@ -302,44 +295,3 @@ def show_pieces(tokenizer: Tokenizer, text: str, side: str = "src") -> str:
     piece_row = "  ".join(p + " " * (w - _width(p)) for p, w in zip(pieces, widths, strict=True))
     id_row = "  ".join(str(i).ljust(w) for i, w in zip(ids, widths, strict=True))
     return f"{text}  →  {len(ids)} tokens\n{piece_row.rstrip()}\n{id_row.rstrip()}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m zhen.tokenizer", description="Print the pieces and ids of a sentence."
-    )
-    parser.add_argument("model_dir", help="a directory with src.model and tgt.model, or joint.model")
-    parser.add_argument("text", nargs="+", help="sentence(s) to split")
-    parser.add_argument("--side", choices=("src", "tgt"), default="src", help="source (Chinese) or target model")
-    parser.add_argument("--raw", action="store_true", help="skip zhen's text normalisation")
-    args = parser.parse_args(argv)
-    try:
-        tokenizer = Tokenizer.load(args.model_dir)
-    except TokenizerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    texts = args.text
-    if not args.raw:  # what a model sees: the text normalised as in its training
-        from zhen.text import Normalizer
-
-        normalizer = Normalizer(_text_config(Path(args.model_dir)))
-        texts = normalizer.zh_many(texts) if args.side == "src" else normalizer.en_many(texts)
-    for text in texts:
-        print(show_pieces(tokenizer, text, args.side))
-    return 0
-
-
-def _text_config(model_dir: Path) -> TextConfig:
-    """The normalisation a model was trained with: from the directory's config.json when it is a
-    model directory, zhen's defaults otherwise."""
-    config_file = model_dir / "config.json"
-    if config_file.is_file():
-        try:
-            return load_config(config_file).text
-        except ConfigError as error:
-            print(f"warning: {error}; using the default normalisation", file=sys.stderr)
-    return TextConfig()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,21 +16,21 @@ from __future__ import annotations
 import itertools
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from zhen import device as devices
-from zhen.checkpoint import load_model_dir
+from zhen.checkpoint import DEFAULT_MODEL, load_model_dir
 from zhen.config import Config, DecodeConfig
 from zhen.model import Transformer
+from zhen.quantize import quantize
 from zhen.search import search
+from zhen.special import PAD_ID
 from zhen.text import Normalizer
 from zhen.tokenizer import Tokenizer
-
-DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
 
 # Split after sentence-final punctuation (Chinese and Western), keeping the punctuation.
 _SENTENCE_END = re.compile(r"(?<=[。！？；!?;…])")
@@ -44,6 +44,9 @@ class Translation:
     tokens: tuple[int, ...]
 
 
+Progress = Callable[[int, int], None]  # (pieces translated so far, pieces in all)
+
+BEAM_FACTOR = True
 EMPTY = Translation("", 0.0, ())  # what an empty input translates to: nothing, with certainty (log P = 0)
 
 
@@ -84,13 +87,15 @@ class Translator:
         config: Config,
         *,
         device: torch.device | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.device = device or next(model.parameters()).device
-        self.dtype = devices.compute_dtype(self.device, precision)
+        self.dtype = devices.compute_dtype(self.device, precision or config.decode.precision)
+        if self.dtype == torch.int8:  # int8 linear layers, on a copy that shares the weights
+            self.model = quantize(self.model)
         self.normalizer = Normalizer(config.text)
         self.warnings: list[str] = []
 
@@ -100,24 +105,27 @@ class Translator:
         path: str | Path | None = None,
         *,
         device: str = "auto",
-        precision: str = "fp32",
-        **decode: int | float,
+        precision: str | None = None,
+        **decode: int | float | str,
     ) -> Translator:
         """Load a model directory (or a training run's best checkpoint); None: the shipped model.
+        `device` as `zhen.device.select_device` takes it; `precision` None: the model's decode.precision.
         Keyword arguments override the model's decode settings, e.g. `beam=1`."""
-        target = torch.device("cpu") if device == "auto" and not torch.cuda.is_available() else None
-        target = target or devices.select_device(device)
+        target = devices.select_device(device)
         loaded = load_model_dir(DEFAULT_MODEL if path is None else path, device=target)
         config = replace(loaded.config, decode=replace(loaded.config.decode, **decode)) if decode else loaded.config
         return cls(loaded.model, loaded.tokenizer, config, device=target, precision=precision)
 
     # ------------------------------------------------------------------ public API
 
-    def translate(self, sentences: Sequence[str]) -> list[str]:
-        """One English string per input sentence, in input order."""
-        return [nbest[0].text for nbest in self.translate_nbest(sentences, nbest=1)]
+    def translate(self, sentences: Sequence[str], progress: Progress | None = None) -> list[str]:
+        """One English string per input sentence, in input order. `progress(done, total)` is called after
+        every batch (counts of pieces: a line longer than text.max_chars is several)."""
+        return [nbest[0].text for nbest in self.translate_nbest(sentences, nbest=1, progress=progress)]
 
-    def translate_nbest(self, sentences: Sequence[str], nbest: int | None = None) -> list[list[Translation]]:
+    def translate_nbest(
+        self, sentences: Sequence[str], nbest: int | None = None, progress: Progress | None = None
+    ) -> list[list[Translation]]:
         """The `nbest` best translations of each sentence with their scores, best first (an empty sentence
         has one: the empty translation, score 0)."""
         nbest = nbest or self.config.decode.nbest
@@ -131,7 +139,7 @@ class Translator:
                 self._warn(f"line {i + 1}: {len(text)} characters, translated in {len(parts)} pieces")
             pieces += parts
             owners += [i] * len(parts)
-        translated = self._translate_pieces(pieces, decode)
+        translated = self._translate_pieces(pieces, decode, progress)
         results: list[list[Translation]] = [[] for _ in sentences]
         for owner, group in itertools.groupby(zip(owners, translated, strict=True), key=lambda x: x[0]):
             parts = [hyps for _, hyps in group]
@@ -162,7 +170,9 @@ class Translator:
         self.warnings.append(message)
         warnings.warn(message, stacklevel=3)
 
-    def _translate_pieces(self, texts: list[str], decode: DecodeConfig) -> list[list[Translation]]:
+    def _translate_pieces(
+        self, texts: list[str], decode: DecodeConfig, progress: Progress | None = None
+    ) -> list[list[Translation]]:
         """Normalised texts → n-best lists. Sorted by length and batched under decode.batch_tokens."""
         results: list[list[Translation]] = [[EMPTY] for _ in texts]
         wanted = [i for i, t in enumerate(texts) if t]  # empty input → the empty translation, no model call
@@ -176,14 +186,13 @@ class Translator:
                 ids[n] = seq[: limit - 1] + seq[-1:]  # keep the EOS
         order = sorted(range(len(wanted)), key=lambda n: len(ids[n]), reverse=True)
         beam = decode.beam
-        pad = self.model.config.pad_id
         with devices.inference(self.model), devices.autocast(self.device, self.dtype):
             start = 0
             while start < len(order):
                 longest = len(ids[order[start]])
-                size = max(1, decode.batch_tokens // (longest * beam))
+                size = max(1, decode.batch_tokens // (longest * (beam if BEAM_FACTOR else 1)))
                 batch = order[start : start + size]
-                src = torch.full((len(batch), longest), pad, dtype=torch.long)
+                src = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
                 for row, n in enumerate(batch):
                     src[row, : len(ids[n])] = torch.tensor(ids[n])
                 hypotheses = search(self.model, src.to(self.device), decode)
@@ -192,4 +201,6 @@ class Translator:
                     results[wanted[n]] = [Translation(t, h.score, tuple(h.tokens))
                                           for t, h in zip(texts_out, hyps, strict=True)]
                 start += size
+                if progress is not None:
+                    progress(min(start, len(order)), len(order))
         return results

@@ -8,7 +8,7 @@ Every section title names the note's step, e.g. "Note §3 · scores QKᵀ/√d_k
 Tables label rows and columns with the tokenizer's pieces; vectors show their first `view.values` numbers.
 Chinese characters take two terminal columns, so alignment counts display width, not characters.
 
-Shapes as in `zhen.explain`: S source length, T decoder input length, D width, H heads, Dh = D/H, F = d_ff.
+Shapes as in `zhen.explain.trace`: S source length, T decoder input length, D width, H heads, Dh = D/H, F = d_ff.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from zhen.explain import AddNormTrace, AttentionTrace, EncoderLayerTrace, Trace
+from zhen.explain.trace import AddNormTrace, AttentionTrace, DecoderStep, EncoderLayerTrace, Trace
 
 MAX_COLUMNS = 14  # key columns of an attention table; a longer sentence shows its first ones
 MAX_LABEL = 12  # display columns of a row or column label
 TEXT_WIDTH = 110  # prose lines wrap here
-ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU"}
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "swish": "Swish"}
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,8 @@ def _encoder_layer_sections(trace: Trace, layer: EncoderLayerTrace, view: View) 
 
     ffn, name = layer.ffn, ACTIVATIONS[layer.ffn.activation]
     act = (f"ReLU = max(0, ·) sets {int((ffn.activated == 0).sum())} of the {ffn.activated.numel()} values to 0"
-           if ffn.activation == "relu" else "GELU(u) = u·Φ(u), a smooth ReLU")
+           if ffn.activation == "relu" else {"gelu": "GELU(u) = u·Φ(u), a smooth ReLU",
+                                             "swish": "Swish(u) = u·σ(u), a smooth ReLU"}[ffn.activation])
     sections.append(Section("encoder", f"Note §5 · FFN: up-project → {name} → down-project  ({where})", [
         f"W_1 (升维): ({shape(ffn.x)})·({c.d_model}×{c.d_ff}) + b_1 → ({shape(ffn.up)});  {act};  "
         f"W_2 (降维): ({shape(ffn.activated)})·({c.d_ff}×{c.d_model}) + b_2 → ({shape(ffn.out)})",
@@ -273,43 +274,51 @@ def _encoder_layer_sections(trace: Trace, layer: EncoderLayerTrace, view: View) 
 
 
 def _decoder_sections(trace: Trace, view: View) -> list[Section]:
-    c, h = trace.config, view.head - 1
-    shown = list(range(c.n_decoder_layers)) if view.layer is None else [view.layer - 1]
-    names = [f"layer {i + 1}" for i in shown]
+    shown = list(range(trace.config.n_decoder_layers)) if view.layer is None else [view.layer - 1]
     memory = shape(trace.encoder.memory)
-    sections = [Section("decoder", "Note §7 · the decoder: one token at a time", [
+    intro = Section("decoder", "Note §7 · the decoder: one token at a time", [
         f"H_enc ({memory}) is the source's memory: every decoder layer's cross-attention takes "
         "K = H_enc·W_K and V = H_enc·W_V from it, and Q from the decoder",
         "start from <s>; at each step the decoder reads <s> + the tokens chosen so far and its newest position "
         f"predicts the next token; stop at </s> (forced at the length limit, step {trace.max_len})",
         "choice: greedy, the most probable token (`zhen translate` uses the model's beam search, "
         "so its output can differ)",
-    ])]
-    for step in trace.steps:
-        layers, pieces = step.decoder.layers, step.decoder.embedding.pieces
-        self_rows = torch.cat([layers[i].self_attn.weights[h, -1:] for i in shown])  # (layers, T)
-        cross_rows = torch.cat([layers[i].cross_attn.weights[h, -1:] for i in shown])  # (layers, S)
-        top = Table(["rank", "piece", "id", "logit", "p"], [
-            [str(r + 1), label(t.piece), str(t.id), number(t.logit), f"{t.prob:.3f}"] for r, t in enumerate(step.top)
-        ])
-        chosen = f"chosen: {step.chosen_piece} (id {step.chosen})"
-        if step.rule:
-            chosen += f", not the most probable token: {step.rule}"
-        sections.append(Section("decoder", f"Note §7–§8 · step {step.step}: input {pieces[-1]} → next token", [
-            f"decoder input: {' '.join(pieces)}  (T = {len(pieces)}; position {len(pieces) - 1} is the newest)",
-            f"masked self-attention, head {view.head}: the newest token's weights over the tokens so far "
-            "(later positions do not exist yet; in the full matrix below they get weight 0)",
-            weight_table(names, pieces, self_rows, first="layer \\ key"),
-            f"cross-attention, head {view.head}: Q from the decoder (1×{c.d_model}), K and V from H_enc ({memory}); "
-            "the weights over the source pieces",
-            weight_table(names, trace.source_pieces, cross_rows, first="layer \\ key", strongest=True),
-            f"Note §8 · logits = h·W_outᵀ: (1×{c.d_model})·({c.d_model}×{c.tgt_vocab_size}) → {c.tgt_vocab_size} "
-            f"scores → softmax → the top {len(step.top)}",
-            top,
-            chosen,
-        ]))
+    ])
+    steps = [_decoder_step_section(trace, step, view, shown) for step in trace.steps]
+    return [intro, *steps, *_whole_output_sections(trace, view, shown[-1])]
 
-    index = shown[-1]
+
+def _decoder_step_section(trace: Trace, step: DecoderStep, view: View, shown: list[int]) -> Section:
+    """Note §7–§8 at one step: the newest token's attention rows in the shown layers, then the logits' top."""
+    c, h, memory = trace.config, view.head - 1, shape(trace.encoder.memory)
+    names = [f"layer {i + 1}" for i in shown]
+    layers, pieces = step.decoder.layers, step.decoder.embedding.pieces
+    self_rows = torch.cat([layers[i].self_attn.weights[h, -1:] for i in shown])  # (layers, T)
+    cross_rows = torch.cat([layers[i].cross_attn.weights[h, -1:] for i in shown])  # (layers, S)
+    top = Table(["rank", "piece", "id", "logit", "p"], [
+        [str(r + 1), label(t.piece), str(t.id), number(t.logit), f"{t.prob:.3f}"] for r, t in enumerate(step.top)
+    ])
+    chosen = f"chosen: {step.chosen_piece} (id {step.chosen})"
+    if step.rule:
+        chosen += f", not the most probable token: {step.rule}"
+    return Section("decoder", f"Note §7–§8 · step {step.step}: input {pieces[-1]} → next token", [
+        f"decoder input: {' '.join(pieces)}  (T = {len(pieces)}; position {len(pieces) - 1} is the newest)",
+        f"masked self-attention, head {view.head}: the newest token's weights over the tokens so far "
+        "(later positions do not exist yet; in the full matrix below they get weight 0)",
+        weight_table(names, pieces, self_rows, first="layer \\ key"),
+        f"cross-attention, head {view.head}: Q from the decoder (1×{c.d_model}), K and V from H_enc ({memory}); "
+        "the weights over the source pieces",
+        weight_table(names, trace.source_pieces, cross_rows, first="layer \\ key", strongest=True),
+        f"Note §8 · logits = h·W_outᵀ: (1×{c.d_model})·({c.d_model}×{c.tgt_vocab_size}) → {c.tgt_vocab_size} "
+        f"scores → softmax → the top {len(step.top)}",
+        top,
+        chosen,
+    ])
+
+
+def _whole_output_sections(trace: Trace, view: View, index: int) -> list[Section]:
+    """Note §7 and §4–§5 over the finished output, in decoder layer `index` (0-based)."""
+    c, h = trace.config, view.head - 1
     final, where = trace.final.layers[index], f"decoder layer {index + 1} of {c.n_decoder_layers}"
     pieces = final.self_attn.query_pieces
     arrows = [f"{p} → {s.chosen_piece}" for p, s in zip(pieces, trace.steps, strict=True)]
@@ -319,7 +328,7 @@ def _decoder_sections(trace: Trace, view: View) -> list[Section]:
     for name, add_norm in newest:
         before, after = row_stats(add_norm.norm_input[-1:]), row_stats(add_norm.norm_output[-1:])
         stats.append([name, before[0][0], before[1][0], after[0][0], after[1][0]])
-    sections += [
+    return [
         Section("decoder", f"Note §7 · masked self-attention of the whole output  (head {view.head} of {c.n_heads}, "
                            f"{where})", [
             f"all T = {len(pieces)} positions at once, as in training: position i sees positions ≤ i. Cells printed 0 "
@@ -340,7 +349,6 @@ def _decoder_sections(trace: Trace, view: View) -> list[Section]:
             "each position on its own",
         ]),
     ]
-    return sections
 
 
 def _output_section(trace: Trace) -> Section:

@@ -1,9 +1,10 @@
-"""`zhen explain`: the note, executed — one sentence through the real model, every step kept as data.
+"""The note, executed — one sentence through the real model, every step kept as data.
 
 The note (transformer-note.zh.md; DESIGN.md numbers its steps §1–§9) walks 我爱你 through a
 Transformer on paper. This module walks a sentence through an actual model, calling the model's own
-modules one step at a time, and keeps every intermediate in dataclasses. `explain_render` prints them
-in the order of the note (and writes the HTML page); `explain_plot` draws the attention maps.
+modules one step at a time, and keeps every intermediate in dataclasses. `zhen.explain.render` prints
+them in the order of the note (and writes the HTML page); `zhen.explain.plot` draws the attention maps.
+Both read the trace; the trace imports neither.
 
     §1  ids → E[id]·√D + PE[pos] = X                          trace_embedding
     §2  Q = X·W_Q, K = X·W_K, V = X·W_V, split into heads      trace_attention
@@ -36,7 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -402,7 +402,7 @@ def _check_eval(model: Transformer) -> None:
         raise ExplainError("explain needs the model in eval mode (dropout would change every number)")
 
 
-# ----------------------------------------------------------------------------- the command
+# ----------------------------------------------------------------------------- a request's choices
 
 
 def check_choice(config: ModelConfig, layer: int | None, head: int, values: int) -> None:
@@ -414,33 +414,3 @@ def check_choice(config: ModelConfig, layer: int | None, head: int, values: int)
         raise ExplainError(f"--head must be between 1 and {config.n_heads} for this model; got {head}")
     if values < 1:
         raise ExplainError(f"--values must be at least 1; got {values}")
-
-
-def run(args: Any) -> int:
-    """`zhen explain TEXT [--model DIR] [--layer L] [--head H] [--out DIR] [--html] [--values N]`."""
-    from zhen.checkpoint import load_model_dir
-    from zhen.explain_render import View, render_html, render_sections, render_text
-    from zhen.text import Normalizer
-    from zhen.translator import DEFAULT_MODEL
-
-    loaded = load_model_dir(args.model or DEFAULT_MODEL)  # a CheckpointError reaches the CLI
-    check_choice(loaded.model.config, args.layer, args.head, args.values)
-    trace = explain_sentence(loaded.model, loaded.tokenizer, args.text,
-                             normalize=Normalizer(loaded.config.text).zh, decode=loaded.config.decode)
-    view = View(layer=args.layer, head=args.head, values=args.values, model=str(loaded.directory))
-    sections = render_sections(trace, view)
-    print(render_text(sections))
-
-    out = args.out or ("explain-out" if args.html else None)
-    if out:
-        from zhen.explain_plot import write_heatmaps
-
-        out = Path(out)
-        pictures = write_heatmaps(trace, out, layer=args.layer)
-        written = [path for paths in pictures.values() for path in paths]
-        if args.html:
-            page = out / "walkthrough.html"
-            page.write_text(render_html(trace, sections, pictures), encoding="utf-8")
-            written.append(page)
-        print("\nwrote\n" + "\n".join(f"  {path}" for path in written))
-    return 0

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from zhen.explain import AttentionTrace, Trace
+from zhen.explain.trace import AttentionTrace, Trace
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

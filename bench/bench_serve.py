@@ -1,0 +1,333 @@
+"""Serving: `zhen serve` under concurrent clients, against one offline batched call on the same sentences.
+
+    python bench/bench_serve.py                       # 2,000 requests from 32 clients → bench/results/serve.md
+    python bench/bench_serve.py --requests 200 --clients 8 --write ""      # a quick look, nothing written
+
+One run, on 127.0.0.1 only, bounded in requests (--requests) and time (--max-seconds):
+
+1. sentences: the Chinese side of Tatoeba's dev set (short everyday sentences); request i sends sentence i mod n;
+2. the offline anchor: one `Translator.translate` call over the requests' sentences (the same list, repeats
+   included), timed in wall-clock and CPU seconds, and each sentence's translation, which every served answer
+   must equal. It runs before the server phases and again after them, and the server is compared with the
+   faster of the two: on a shared machine, load from others comes and goes;
+3. `zhen serve --port 0` as a process of its own (same model, same beam); its resident memory (VmRSS) once warm;
+4. idle latency: --idle requests of one short sentence (我爱你), one after another, on an otherwise idle server;
+5. load: --clients concurrent clients (asyncio + aiohttp, keep-alive connections), each sending one sentence per
+   request until --requests have been sent: sentences/s over the whole load phase, p50/p99 latency. (aiohttp:
+   its client costs a fraction of a millisecond of CPU a request, httpx's several, which on 2 cores would be
+   taken from the server being measured);
+6. every answer checked: status 200 and the offline translation; wrong and lost (error, timeout) answers counted;
+7. the server's own metrics (sentences per model call), its CPU seconds over the load phase (from /proc: less
+   sensitive to other load than wall-clock time), its memory after; then SIGTERM, and its exit status;
+8. the report: machine, versions, command, date, and the other load on the machine before and after.
+
+Targets (issue #15): at 32 clients the server reaches >= 70% of the offline sentences/s; the idle p99 is <= 150 ms;
+no wrong or lost answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SENTENCES = ROOT.parent / "shared" / "data" / "tatoeba" / "dev.tsv"
+IDLE_SENTENCE = "我爱你"
+
+
+@dataclass
+class Phase:
+    """One timed phase of requests: latencies (s) and what went wrong."""
+
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    sentences: int = 0
+    wrong: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank: the smallest value with at least q% of the values at or below it."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n·q/100), at least 1
+    return ordered[int(rank) - 1]
+
+
+def read_sentences(path: Path, limit: int) -> list[str]:
+    """The first column of a TSV (or whole lines of a text file), non-empty, at most `limit`."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    sentences = [line.split("\t")[0].strip() for line in lines]
+    return [s for s in sentences if s][:limit]
+
+
+@dataclass
+class Offline:
+    """One timed `Translator.translate` call over all the requests' sentences."""
+
+    seconds: float  # wall clock
+    cpu: float  # CPU seconds of this process (all its threads)
+    sentences: int
+
+    @property
+    def rate(self) -> float:
+        return self.sentences / self.seconds
+
+
+def offline_anchor(translator, sentences: list[str]) -> tuple[Offline, list[str]]:
+    """Time one `translate` call over `sentences` (after a warm-up); and its translations."""
+    translator.translate(sentences[:8])
+    start, cpu = time.perf_counter(), time.process_time()
+    translations = translator.translate(sentences)
+    return Offline(time.perf_counter() - start, time.process_time() - cpu, len(sentences)), translations
+
+
+def start_server(model: str | None, beam: int | None) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "zhen", "serve", "--port", "0", "--log-level", "warning"]
+    command += (["--model", model] if model else []) + (["--beam", str(beam)] if beam else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = process.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"bench_serve: the server did not start: {line!r}")
+    return process, match.group(1)
+
+
+def resident_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def send(session, url: str, sentence: str, expected: str, phase: Phase) -> None:
+    start = time.perf_counter()
+    try:
+        async with session.post(url + "translate", json={"q": sentence, "source": "zh", "target": "en"}) as response:
+            status, answer = response.status, await response.json(content_type=None)
+    except Exception as error:  # a timeout, a dropped connection, a body that is not JSON: a lost answer
+        phase.lost.append(f"{sentence}: {type(error).__name__} {error}")
+        return
+    phase.latencies.append(time.perf_counter() - start)
+    if status != 200:
+        phase.lost.append(f"{sentence}: HTTP {status} {answer}")
+    elif answer.get("translatedText") != expected:
+        phase.wrong.append(f"{sentence}: {answer.get('translatedText')!r} != {expected!r}")
+    else:
+        phase.sentences += 1
+
+
+def session(clients: int):
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
+                                 timeout=aiohttp.ClientTimeout(total=120))
+
+
+async def idle_latency(url: str, count: int, expected: str) -> Phase:
+    phase, warm_up = Phase(), Phase()
+    async with session(1) as client:
+        for _ in range(5):  # connection and first-request warm-up, not measured
+            await send(client, url, IDLE_SENTENCE, expected, warm_up)
+        start = time.perf_counter()
+        for _ in range(count):
+            await send(client, url, IDLE_SENTENCE, expected, phase)
+    phase.seconds = time.perf_counter() - start
+    return phase
+
+
+async def load(url: str, sentences: list[str], expected: list[str], clients: int, max_seconds: float) -> Phase:
+    """`clients` concurrent clients send sentences[i] for i = 0, 1, … until all are sent or time is up."""
+    phase = Phase()
+    next_index = iter(range(len(sentences)))
+    deadline = time.monotonic() + max_seconds
+
+    async def client_loop(client) -> None:
+        for i in next_index:  # shared: each request index is taken by exactly one client
+            if time.monotonic() > deadline:
+                phase.lost.append(f"{sentences[i]}: not sent, --max-seconds reached")
+                continue
+            await send(client, url, sentences[i], expected[i], phase)
+
+    async with session(clients) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        phase.seconds = time.perf_counter() - start
+    return phase
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """The server's model calls so far and the sentences they translated (its Prometheus metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "metrics", timeout=30).read().decode()
+    count = float(re.search(r"^zhen_batch_sentences_count (\S+)$", text, re.M).group(1))
+    total = float(re.search(r"^zhen_batch_sentences_sum (\S+)$", text, re.M).group(1))
+    return count, total
+
+
+def machine_load() -> str:
+    """Load averages and the busiest processes now (other engineers' work shares this machine)."""
+    top = subprocess.run(["top", "-bn1", "-c", "-w", "150"], capture_output=True, text=True).stdout.splitlines()
+    busy = [line for line in top[7:14] if line.strip()]
+    return f"{os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / {os.getloadavg()[2]:.2f}", "\n".join(busy)
+
+
+def versions() -> str:
+    names = ["zhen", "torch", "starlette", "uvicorn", "prometheus-client", "aiohttp"]
+    found = [f"{n} {importlib.metadata.version(n)}" for n in names]
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    match = re.search(r"model name\s*:\s*(.+)", info)
+    return f"{match.group(1) if match else platform.processor()}, {os.cpu_count()} cores"
+
+
+@dataclass
+class Run:
+    command: str
+    date: str
+    offline: tuple[Offline, Offline]  # before and after the server phases
+    idle: Phase
+    busy: Phase
+    calls: float  # model calls during the load phase
+    cpu: float  # server CPU seconds during the load phase
+    memory: tuple[float, float]  # server VmRSS MiB when warm, after the load
+    exit_status: int
+    load: tuple[tuple[str, str], tuple[str, str]]  # (load averages, busiest processes) before and after
+
+
+def serve_phases(args: argparse.Namespace, requests: list[str], expected: list[str], idle_expected: str) -> dict:
+    """Start the server, measure idle latency and the load phase, stop it with SIGTERM."""
+    process, url = start_server(args.model, args.beam)
+    try:
+        before = resident_mib(process.pid)
+        idle = asyncio.run(idle_latency(url, args.idle, idle_expected))
+        calls_before, cpu_before = batch_totals(url)[0], cpu_seconds(process.pid)
+        busy = asyncio.run(load(url, requests, expected, args.clients, args.max_seconds))
+        calls, cpu = batch_totals(url)[0] - calls_before, cpu_seconds(process.pid) - cpu_before
+        after = resident_mib(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=120)
+    return {"idle": idle, "busy": busy, "calls": calls, "cpu": cpu, "memory": (before, after), "exit_status": status}
+
+
+def rows(run: Run) -> list[tuple[str, str, str]]:
+    """(measure, result, target) for the report's table."""
+    best = max(run.offline, key=lambda o: o.rate)
+    rate = run.busy.sentences / run.busy.seconds if run.busy.seconds else 0.0
+    idle_p50, idle_p99 = (percentile(run.idle.latencies, q) * 1000 for q in (50, 99))
+    busy_p50, busy_p99 = (percentile(run.busy.latencies, q) * 1000 for q in (50, 99))
+    wrong, lost = len(run.busy.wrong) + len(run.idle.wrong), len(run.busy.lost) + len(run.idle.lost)
+    mark = {True: "met", False: "**not met**"}
+    per_call = f"{run.busy.sentences / run.calls:.1f} ({run.calls:.0f} calls)" if run.calls else "-"
+    offline_cpu = 1000 * best.cpu / best.sentences
+    server_cpu = 1000 * run.cpu / run.busy.sentences if run.busy.sentences else float("nan")
+    return [
+        ("offline: one `Translator.translate` call, before / after the server phases",
+         " / ".join(f"{o.rate:.1f} sentences/s ({o.sentences} in {o.seconds:.2f} s)" for o in run.offline),
+         "the anchor: the faster"),
+        ("server: one sentence a request, concurrent clients",
+         f"{rate:.1f} sentences/s ({run.busy.sentences} in {run.busy.seconds:.2f} s) = "
+         f"{100 * rate / best.rate:.0f}% of offline", f">= 70%: {mark[rate >= 0.7 * best.rate]}"),
+        ("CPU time a sentence: offline / server process (all of it: HTTP, JSON, batching, model)",
+         f"{offline_cpu:.1f} / {server_cpu:.1f} ms = {100 * offline_cpu / server_cpu:.0f}% efficiency", ""),
+        ("latency under load, p50 / p99", f"{busy_p50:.0f} / {busy_p99:.0f} ms", ""),
+        (f"idle latency ({IDLE_SENTENCE}, {len(run.idle.latencies)} requests one at a time), p50 / p99",
+         f"{idle_p50:.0f} / {idle_p99:.0f} ms", f"p99 <= 150 ms: {mark[idle_p99 <= 150]}"),
+        ("answers wrong / lost", f"{wrong} / {lost}", f"0 / 0: {mark[wrong == lost == 0]}"),
+        ("sentences per model call under load (server metrics)", per_call, ""),
+        ("server memory (VmRSS) warm / after the load", f"{run.memory[0]:.0f} / {run.memory[1]:.0f} MiB", ""),
+        ("server exit status after SIGTERM", str(run.exit_status), "0"),
+    ]
+
+
+def report(run: Run) -> str:
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows(run))
+    problems = (run.busy.wrong + run.busy.lost + run.idle.wrong + run.idle.lost)[:20]
+    checked = ("Answers that were wrong or lost:\n" + "\n".join(f"- {p}" for p in problems) if problems
+               else "Every answer equalled the offline translation of its sentence.")
+    (avg_before, top_before), (avg_after, top_after) = run.load
+    return f"""# `zhen serve`: throughput and latency
+
+Measured by `bench/bench_serve.py` (its docstring says what each phase does) in one run:
+
+    {run.command}
+
+Date: {run.date}. Machine: {cpu_name()}. {versions()}.
+
+| measure | result | target |
+|---|---|---|
+{table}
+
+{checked}
+
+Other load on this machine (a shared 2-core VM), load averages over 1 / 5 / 15 minutes: {avg_before} before
+the run, {avg_after} after it. The busiest processes before and after (this run's own among them after):
+
+```
+{top_before}
+```
+
+```
+{top_after}
+```
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests in the load phase (default 2000)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--idle", type=int, default=200, help="requests in the idle-latency phase (default 200)")
+    parser.add_argument("--max-seconds", type=float, default=600, help="stop sending after this long (default 600)")
+    parser.add_argument("--sentences", default=str(DEFAULT_SENTENCES), help="TSV or text file of Chinese sentences")
+    parser.add_argument("--model", help="model directory (default: the shipped model)")
+    parser.add_argument("--beam", type=int, help="beam size (default: the model's)")
+    parser.add_argument("--write", default=str(ROOT / "bench" / "results" / "serve.md"),
+                        help="report file ('' : print only)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from zhen.translator import Translator
+
+    args = parse_args(argv)
+    pool = read_sentences(Path(args.sentences), args.requests)
+    requests = [pool[i % len(pool)] for i in range(args.requests)]
+    load_before = machine_load()
+    translator = Translator.load(args.model, device="cpu", **({"beam": args.beam} if args.beam else {}))
+    idle_expected = translator.translate([IDLE_SENTENCE])[0]
+    first, expected = offline_anchor(translator, requests)
+    served = serve_phases(args, requests, expected, idle_expected)
+    second, _ = offline_anchor(translator, requests)
+    command = "python bench/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = Run(command.strip(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), (first, second),
+              load=(load_before, machine_load()), **served)
+    text = report(run)
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+    return 0 if not (run.busy.wrong or run.busy.lost or run.idle.wrong or run.idle.lost) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""`zhen serve`: one process that loads a model once and answers over HTTP.
+
+    settings.py    every server setting and its default, checked once
+    protocol.py    LibreTranslate's request fields and answers (/translate, /detect, /languages)
+    limits.py      API keys, the per-client rate limit, request sizes
+    batcher.py     the queue and the one worker thread that batches concurrent requests for the model
+    trace_json.py  the explain trace (zhen.explain) as JSON for the page
+    metrics.py     Prometheus metrics and the middleware that counts requests
+    app.py         the Starlette routes that tie these together
+    command.py     `zhen serve` arguments → settings → uvicorn
+    static/        the page at / (HTML, JS, CSS; no CDN, no build step)
+
+Nothing here imports the server's third-party libraries at package import time, so `zhen serve`
+can say which extra is missing instead of failing with an ImportError.
+"""

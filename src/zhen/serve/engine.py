@@ -1,0 +1,57 @@
+"""What the server asks of a `zhen.translator.Translator`: n-best translations, token counts, explain traces.
+
+Every method runs on the batcher's one worker thread, never on the event loop. The server reaches the model
+only through the translator and `zhen.explain`, never the network's modules directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+
+from zhen.explain import explain_sentence
+from zhen.serve.trace_json import trace_to_json
+
+log = logging.getLogger("zhen.serve")
+
+
+class Engine:
+    def __init__(self, translator: Any) -> None:
+        self.translator = translator
+        self._cpu_model: torch.nn.Module | None = None
+
+    @property
+    def beam(self) -> int:
+        return self.translator.config.decode.beam
+
+    def translate_nbest(self, lines: list[str], nbest: int) -> list[list[Any]]:
+        """Each line's `nbest` best `Translation`s, best first."""
+        results = self.translator.translate_nbest(lines, nbest)
+        # The translator keeps every warning it gives (lines cut to the model's positions); a server lives long.
+        for message in self.translator.warnings:
+            log.warning("%s", message)
+        self.translator.warnings.clear()
+        return results
+
+    def cost(self, line: str) -> int:
+        """Source tokens of a line, as the translator will see it (after the model's normalisation)."""
+        text = self.translator.normalizer.zh(line)
+        return len(self.translator.tokenizer.encode_src([text])[0]) if text else 0
+
+    def explain(self, text: str) -> dict[str, Any]:
+        """The explain trace of one sentence (greedy decoding, fp32) as JSON for the page."""
+        trace = explain_sentence(self._explain_model(), self.translator.tokenizer, text,
+                                 normalize=self.translator.normalizer.zh, decode=self.translator.config.decode)
+        return trace_to_json(trace)
+
+    def _explain_model(self) -> torch.nn.Module:
+        """The model on the CPU: the trace builds its tensors there. A model on another device is copied once."""
+        model = self.translator.model
+        if next(model.parameters()).device.type == "cpu":
+            return model
+        if self._cpu_model is None:
+            self._cpu_model = copy.deepcopy(model).float().cpu().eval()
+        return self._cpu_model
