@@ -1,25 +1,31 @@
-"""Serving: `zhen serve` under concurrent clients, against one offline batched call on the same sentences.
+"""Serving: `zhen serve` under concurrent clients, against offline batched calls on the same sentences.
 
     python bench/bench_serve.py                       # 2,000 requests from 32 clients → bench/results/serve.md
-    python bench/bench_serve.py --requests 200 --clients 8 --write ""      # a quick look, nothing written
+    python bench/bench_serve.py --requests 200 --clients 8 --rounds 2 --write ""     # a quick look
 
-One run, on 127.0.0.1 only, bounded in requests (--requests) and time (--max-seconds):
+One run, on 127.0.0.1 only, bounded in requests (--requests) and time (--max-seconds a round):
 
 1. sentences: the Chinese side of Tatoeba's dev set (short everyday sentences); request i sends sentence i mod n;
-2. the offline anchor: one `Translator.translate` call over the requests' sentences (the same list, repeats
-   included), timed in wall-clock and CPU seconds, and each sentence's translation, which every served answer
-   must equal. It runs before the server phases and again after them, and the server is compared with the
-   faster of the two: on a shared machine, load from others comes and goes;
-3. `zhen serve --port 0` as a process of its own (same model, same beam); its resident memory (VmRSS) once warm;
-4. idle latency: --idle requests of one short sentence (我爱你), one after another, on an otherwise idle server;
-5. load: --clients concurrent clients (asyncio + aiohttp, keep-alive connections), each sending one sentence per
-   request until --requests have been sent: sentences/s over the whole load phase, p50/p99 latency. (aiohttp:
-   its client costs a fraction of a millisecond of CPU a request, httpx's several, which on 2 cores would be
-   taken from the server being measured);
-6. every answer checked: status 200 and the offline translation; wrong and lost (error, timeout) answers counted;
-7. the server's own metrics (sentences per model call), its CPU seconds over the load phase (from /proc: less
-   sensitive to other load than wall-clock time), its memory after; then SIGTERM, and its exit status;
-8. the report: machine, versions, command, date, and the other load on the machine before and after.
+2. `zhen serve --port 0` starts as a process of its own (same model, same beam); its resident memory (VmRSS);
+3. idle latency: --idle requests of one short sentence (我爱你), one after another, on an otherwise idle server;
+4. --rounds rounds, each over its share of the requests, alternating the two ways of translating them:
+   - offline: one `Translator.translate` call over the round's sentences (repeats included) in this process,
+     timed (wall clock and CPU), the faster of two passes; its translations are what every served answer must
+     equal;
+   - offline in calls of --clients sentences, in request order: the largest batches that many closed-loop
+     clients (each waits for its answer) can give a server, so the ceiling of what batching can reach;
+   - served: --clients concurrent clients (asyncio + aiohttp, keep-alive connections), each sending one
+     sentence a request until the round's requests are sent: wall clock, latencies, the server's CPU seconds
+     (/proc) and its model calls (its own Prometheus metrics).
+   On a shared machine other load comes and goes and only ever adds time; alternating in rounds and comparing
+   the best round of each (as bench_translate.py does) compares the two under the same conditions, and each
+   round's own ratio is reported too. Each phase starts after --settle seconds of rest: here an offline pass
+   run right after a served phase ran at a fraction of the speed of one run a few seconds later, which would
+   flatter the server. (aiohttp: its client costs a fraction of a millisecond of CPU a request, httpx's
+   several, which on 2 cores would be taken from the server being measured.)
+5. every answer checked: status 200 and the offline translation; wrong and lost (error, timeout) answers counted;
+6. the server's memory after; then SIGTERM, and its exit status;
+7. the report: machine, versions, command, date, and the other load on the machine before and after.
 
 Targets (issue #15): at 32 clients the server reaches >= 70% of the offline sentences/s; the idle p99 is <= 150 ms;
 no wrong or lost answers.
@@ -84,12 +90,19 @@ class Offline:
         return self.sentences / self.seconds
 
 
-def offline_anchor(translator, sentences: list[str]) -> tuple[Offline, list[str]]:
-    """Time one `translate` call over `sentences` (after a warm-up); and its translations."""
-    translator.translate(sentences[:8])
-    start, cpu = time.perf_counter(), time.process_time()
-    translations = translator.translate(sentences)
-    return Offline(time.perf_counter() - start, time.process_time() - cpu, len(sentences)), translations
+def offline_anchor(translator, sentences: list[str], chunk: int = 0, passes: int = 2) -> tuple[Offline, list[str]]:
+    """The fastest of `passes` timed passes over `sentences`: one `translate` call, or (chunk > 0) one call per
+    `chunk` sentences in their order; and the translations, which every pass must agree on. (The first pass
+    also warms up whatever the model caches per shape.)"""
+    best, translations = None, None
+    chunk = chunk or len(sentences)
+    for _ in range(passes):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = [t for i in range(0, len(sentences), chunk) for t in translator.translate(sentences[i : i + chunk])]
+        timed = Offline(time.perf_counter() - start, time.process_time() - cpu, len(sentences))
+        assert translations is None or result == translations, "offline translation changed between passes"
+        best, translations = min(best or timed, timed, key=lambda o: o.seconds), result
+    return best, translations
 
 
 def start_server(model: str | None, beam: int | None) -> tuple[subprocess.Popen, str]:
@@ -181,7 +194,7 @@ def batch_totals(url: str) -> tuple[float, float]:
     return count, total
 
 
-def machine_load() -> str:
+def machine_load() -> tuple[str, str]:
     """Load averages and the busiest processes now (other engineers' work shares this machine)."""
     top = subprocess.run(["top", "-bn1", "-c", "-w", "150"], capture_output=True, text=True).stdout.splitlines()
     busy = [line for line in top[7:14] if line.strip()]
@@ -201,68 +214,120 @@ def cpu_name() -> str:
 
 
 @dataclass
+class Round:
+    """One round: the same sentences offline and served."""
+
+    offline: Offline
+    chunked: Offline  # offline in calls of --clients sentences: the largest batches those clients can give a server
+    served: Phase
+    cpu: float  # server CPU seconds while serving them
+    calls: float  # model calls the server made for them
+
+    @property
+    def served_rate(self) -> float:
+        return self.served.sentences / self.served.seconds if self.served.seconds else 0.0
+
+
+@dataclass
 class Run:
     command: str
     date: str
-    offline: tuple[Offline, Offline]  # before and after the server phases
+    clients: int
     idle: Phase
-    busy: Phase
-    calls: float  # model calls during the load phase
-    cpu: float  # server CPU seconds during the load phase
+    rounds: list[Round]
     memory: tuple[float, float]  # server VmRSS MiB when warm, after the load
     exit_status: int
     load: tuple[tuple[str, str], tuple[str, str]]  # (load averages, busiest processes) before and after
 
+    @property
+    def busy(self) -> Phase:
+        """All the served rounds as one phase (their latencies and problems)."""
+        phases = [r.served for r in self.rounds]
+        return Phase(sum(p.seconds for p in phases), [x for p in phases for x in p.latencies],
+                     sum(p.sentences for p in phases), [x for p in phases for x in p.wrong],
+                     [x for p in phases for x in p.lost])
 
-def serve_phases(args: argparse.Namespace, requests: list[str], expected: list[str], idle_expected: str) -> dict:
-    """Start the server, measure idle latency and the load phase, stop it with SIGTERM."""
+
+def one_round(args: argparse.Namespace, translator, url: str, pid: int, sentences: list[str]) -> Round:
+    time.sleep(args.settle)
+    offline, expected = offline_anchor(translator, sentences)
+    time.sleep(args.settle)
+    chunked, same = offline_anchor(translator, sentences, chunk=args.clients)
+    assert same == expected, "offline translations depend on the batch"
+    time.sleep(args.settle)
+    calls, cpu = batch_totals(url)[0], cpu_seconds(pid)
+    served = asyncio.run(load(url, sentences, expected, args.clients, args.max_seconds))
+    return Round(offline, chunked, served, cpu_seconds(pid) - cpu, batch_totals(url)[0] - calls)
+
+
+def measure(args: argparse.Namespace, translator, requests: list[str]) -> dict:
+    """Start the server, measure idle latency and the rounds, stop it with SIGTERM."""
+    idle_expected = translator.translate([IDLE_SENTENCE])[0]
+    translator.translate(requests[:8])  # warm-up of this process's model
     process, url = start_server(args.model, args.beam)
     try:
         before = resident_mib(process.pid)
         idle = asyncio.run(idle_latency(url, args.idle, idle_expected))
-        calls_before, cpu_before = batch_totals(url)[0], cpu_seconds(process.pid)
-        busy = asyncio.run(load(url, requests, expected, args.clients, args.max_seconds))
-        calls, cpu = batch_totals(url)[0] - calls_before, cpu_seconds(process.pid) - cpu_before
+        size = -(-len(requests) // args.rounds)
+        rounds = [one_round(args, translator, url, process.pid, requests[i : i + size])
+                  for i in range(0, len(requests), size)]
         after = resident_mib(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         status = process.wait(timeout=120)
-    return {"idle": idle, "busy": busy, "calls": calls, "cpu": cpu, "memory": (before, after), "exit_status": status}
+    return {"idle": idle, "rounds": rounds, "memory": (before, after), "exit_status": status}
+
+
+def throughput_rows(run: Run) -> list[tuple[str, str, str]]:
+    best_offline = max(r.offline.rate for r in run.rounds)
+    best_served = max(r.served_rate for r in run.rounds)
+    best_chunked = max(r.chunked.rate for r in run.rounds)
+    ratios = sorted(r.served_rate / r.offline.rate for r in run.rounds)
+    offline_cpu = 1000 * sum(r.offline.cpu for r in run.rounds) / sum(r.offline.sentences for r in run.rounds)
+    served = run.busy
+    server_cpu = 1000 * sum(r.cpu for r in run.rounds) / max(1, served.sentences)
+    calls = sum(r.calls for r in run.rounds)
+    met = {True: "met", False: "**not met**"}[best_served >= 0.7 * best_offline]
+    return [
+        ("offline: one `Translator.translate` call a round, sentences/s (each round)",
+         " / ".join(f"{r.offline.rate:.1f}" for r in run.rounds) + f"; best {best_offline:.1f}", "the anchor"),
+        (f"served: {run.clients} concurrent clients, one sentence a request, sentences/s (each round)",
+         " / ".join(f"{r.served_rate:.1f}" for r in run.rounds) + f"; best {best_served:.1f} = "
+         f"{100 * best_served / best_offline:.0f}% of the best offline", f">= 70%: {met}"),
+        ("served / offline within each round", " / ".join(f"{100 * x:.0f}%" for x in ratios) + " (sorted)", ""),
+        (f"offline in calls of {run.clients} sentences (the largest batches {run.clients} clients can give), "
+         "sentences/s (each round)", " / ".join(f"{r.chunked.rate:.1f}" for r in run.rounds) +
+         f"; best {best_chunked:.1f} = {100 * best_chunked / best_offline:.0f}% of the best offline", ""),
+        ("CPU time a sentence: offline / server process (all of it: HTTP, JSON, batching, model)",
+         f"{offline_cpu:.1f} / {server_cpu:.1f} ms", ""),
+        ("sentences per model call when served (server metrics)",
+         f"{served.sentences / calls:.1f} ({calls:.0f} calls)" if calls else "-", ""),
+    ]
 
 
 def rows(run: Run) -> list[tuple[str, str, str]]:
     """(measure, result, target) for the report's table."""
-    best = max(run.offline, key=lambda o: o.rate)
-    rate = run.busy.sentences / run.busy.seconds if run.busy.seconds else 0.0
     idle_p50, idle_p99 = (percentile(run.idle.latencies, q) * 1000 for q in (50, 99))
-    busy_p50, busy_p99 = (percentile(run.busy.latencies, q) * 1000 for q in (50, 99))
-    wrong, lost = len(run.busy.wrong) + len(run.idle.wrong), len(run.busy.lost) + len(run.idle.lost)
+    busy = run.busy
+    busy_p50, busy_p99 = (percentile(busy.latencies, q) * 1000 for q in (50, 99))
+    wrong, lost = len(busy.wrong) + len(run.idle.wrong), len(busy.lost) + len(run.idle.lost)
     mark = {True: "met", False: "**not met**"}
-    per_call = f"{run.busy.sentences / run.calls:.1f} ({run.calls:.0f} calls)" if run.calls else "-"
-    offline_cpu = 1000 * best.cpu / best.sentences
-    server_cpu = 1000 * run.cpu / run.busy.sentences if run.busy.sentences else float("nan")
     return [
-        ("offline: one `Translator.translate` call, before / after the server phases",
-         " / ".join(f"{o.rate:.1f} sentences/s ({o.sentences} in {o.seconds:.2f} s)" for o in run.offline),
-         "the anchor: the faster"),
-        ("server: one sentence a request, concurrent clients",
-         f"{rate:.1f} sentences/s ({run.busy.sentences} in {run.busy.seconds:.2f} s) = "
-         f"{100 * rate / best.rate:.0f}% of offline", f">= 70%: {mark[rate >= 0.7 * best.rate]}"),
-        ("CPU time a sentence: offline / server process (all of it: HTTP, JSON, batching, model)",
-         f"{offline_cpu:.1f} / {server_cpu:.1f} ms = {100 * offline_cpu / server_cpu:.0f}% efficiency", ""),
-        ("latency under load, p50 / p99", f"{busy_p50:.0f} / {busy_p99:.0f} ms", ""),
+        *throughput_rows(run),
+        (f"latency when served ({len(busy.latencies)} requests), p50 / p99", f"{busy_p50:.0f} / {busy_p99:.0f} ms",
+         ""),
         (f"idle latency ({IDLE_SENTENCE}, {len(run.idle.latencies)} requests one at a time), p50 / p99",
          f"{idle_p50:.0f} / {idle_p99:.0f} ms", f"p99 <= 150 ms: {mark[idle_p99 <= 150]}"),
         ("answers wrong / lost", f"{wrong} / {lost}", f"0 / 0: {mark[wrong == lost == 0]}"),
-        ("sentences per model call under load (server metrics)", per_call, ""),
-        ("server memory (VmRSS) warm / after the load", f"{run.memory[0]:.0f} / {run.memory[1]:.0f} MiB", ""),
+        ("server memory (VmRSS) warm / after", f"{run.memory[0]:.0f} / {run.memory[1]:.0f} MiB", ""),
         ("server exit status after SIGTERM", str(run.exit_status), "0"),
     ]
 
 
 def report(run: Run) -> str:
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows(run))
-    problems = (run.busy.wrong + run.busy.lost + run.idle.wrong + run.idle.lost)[:20]
+    busy = run.busy
+    problems = (busy.wrong + busy.lost + run.idle.wrong + run.idle.lost)[:20]
     checked = ("Answers that were wrong or lost:\n" + "\n".join(f"- {p}" for p in problems) if problems
                else "Every answer equalled the offline translation of its sentence.")
     (avg_before, top_before), (avg_after, top_after) = run.load
@@ -298,7 +363,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="requests in the load phase (default 2000)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--idle", type=int, default=200, help="requests in the idle-latency phase (default 200)")
-    parser.add_argument("--max-seconds", type=float, default=600, help="stop sending after this long (default 600)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds alternating offline and served (default 4)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds of rest before each offline and served "
+                        "phase (default 3)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="stop sending after this long in a round "
+                        "(default 300)")
     parser.add_argument("--sentences", default=str(DEFAULT_SENTENCES), help="TSV or text file of Chinese sentences")
     parser.add_argument("--model", help="model directory (default: the shipped model)")
     parser.add_argument("--beam", type=int, help="beam size (default: the model's)")
@@ -315,13 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     requests = [pool[i % len(pool)] for i in range(args.requests)]
     load_before = machine_load()
     translator = Translator.load(args.model, device="cpu", **({"beam": args.beam} if args.beam else {}))
-    idle_expected = translator.translate([IDLE_SENTENCE])[0]
-    first, expected = offline_anchor(translator, requests)
-    served = serve_phases(args, requests, expected, idle_expected)
-    second, _ = offline_anchor(translator, requests)
+    measured = measure(args, translator, requests)
     command = "python bench/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run = Run(command.strip(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), (first, second),
-              load=(load_before, machine_load()), **served)
+    run = Run(command.strip(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), args.clients,
+              load=(load_before, machine_load()), **measured)
     text = report(run)
     print(text)
     if args.write:

@@ -9,13 +9,13 @@ config the script
 
 1. builds zhen's `Transformer` with random weights (fixed seed, vocabulary 8000 on each side, fp32, eval),
    initialised so that outputs vary from token to token (see `build_zhen`);
-2. builds a Hugging Face `MarianMTModel` of the same shape (post-norm, ReLU, embeddings ×√D, sinusoidal
-   positions, separate source and target embeddings, output tied to the target embedding, zero
-   `final_logits_bias`) and copies the same tensors in. zhen's position table interleaves sin and cos
-   (PE[p, 2i] = sin, PE[p, 2i+1] = cos) where Marian's concatenates [sin…, cos…]: Marian's table is
-   overwritten with zhen's;
-3. converts that model to CTranslate2 float32 and int8 with CTranslate2's own Transformers loader
-   (minus its Marian-checkpoint specifics, see `SameTensorsLoader`);
+2. builds the Hugging Face `MarianMTModel` of the same function with `zhen.interop` (the mapping `zhen export
+   --format marian` uses: zhen's interleaved sinusoids are Marian's concatenated ones with the model dimension
+   permuted, so the weights are permuted to match; separate embeddings, output tied to the target embedding,
+   zero `final_logits_bias`);
+3. converts it to CTranslate2 float32 and int8 with `zhen.interop.ct2` (CTranslate2's own Transformers loader,
+   as `zhen export --format ctranslate2`), with a stand-in vocabulary t0 … t7999; bf16 loads the float32
+   conversion with compute type bfloat16 where CTranslate2 supports it on the CPU;
 4. proves the three compute the same function: teacher-forced logits of zhen and HF, and per-token
    log-probabilities of zhen and CTranslate2 (`score_batch`), on random sentences;
 5. times translation of the same random sources (20 tokens, EOS included) with exactly 24 output tokens
@@ -38,7 +38,8 @@ printed too). Between engines the script sleeps `--settle` seconds, so that Open
 after one engine's last call (up to 200 ms with CTranslate2's Intel OpenMP) do not slow the next one.
 sentences/s and target tokens/s (24 per sentence) follow from that time. torch (zhen and HF) runs on
 `--threads` threads; CTranslate2 with 1 and with 2 intra-op threads, and the better of the two is the
-reference.
+reference. zhen runs in each of `--precisions`: fp32, bf16 autocast, and int8 (`zhen.quantize`, as
+`--precision int8`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,14 @@ from zhen.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 8000
-BEGIN, END = "<!-- bench_translate:begin -->", "<!-- bench_translate:end -->"
+
+
+def markers(block: str = "") -> tuple[str, str]:
+    """The lines around a generated block; `--block NAME` keeps several runs' blocks in one file."""
+    name = f"bench_translate:{block}" if block else "bench_translate"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
 CT2_LABELS = {"float32": "fp32", "int8": "int8", "bfloat16": "bf16"}  # CTranslate2 compute types, as labelled
 
 
@@ -363,8 +371,9 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
     engines = list(dict.fromkeys(r.engine for r in rows))
     settings = list(dict.fromkeys((r.config, r.beam, r.batch) for r in rows))
     by = {(r.config, r.beam, r.batch, r.engine): r for r in rows}
+    begin, end = markers(args.block)
     lines = [
-        BEGIN,
+        begin,
         f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC from the repository root with",
         f"`python bench/bench_translate.py {' '.join(sys.argv[1:])}`.",
         "",
@@ -444,8 +453,19 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
     for config, check in checks.items():
         parts = [f"{k} = {v:.2e}" if isinstance(v, float) else f"{k} = {v}" for k, v in check.items()]
         lines.append(f"- {config}: " + "; ".join(parts))
-    lines += ["", END]
-    return "\n".join(lines)
+    lines += ["", end]
+    return "\n".join(drop_empty_tables(lines))
+
+
+def drop_empty_tables(lines: list[str]) -> list[str]:
+    """A table without rows (HF's, with --no-hf) goes, with the paragraph that introduces it."""
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if line.startswith("|---") and not (i + 1 < len(lines) and lines[i + 1].startswith("| ")):
+            del out[-4:]  # "", the paragraph, "", the header
+            continue
+        out.append(line)
+    return out
 
 
 def best_of(here: dict[str, Row], prefix: str) -> Row | None:
@@ -475,13 +495,14 @@ def low_precision_table(by: dict[tuple, Row], settings: list[tuple]) -> list[str
     return lines
 
 
-def write_report(path: Path, text: str) -> None:
-    """Replace the generated block of `path`, keeping anything written by hand around it."""
+def write_report(path: Path, text: str, block: str = "") -> None:
+    """Replace the generated block `block` of `path`, keeping anything written by hand around it."""
+    begin, end = markers(block)
     if path.exists():
         old = path.read_text(encoding="utf-8")
-        if BEGIN in old and END in old:
-            head, rest = old.split(BEGIN, 1)
-            text = head + text + rest.split(END, 1)[1]
+        if begin in old and end in old:
+            head, rest = old.split(begin, 1)
+            text = head + text + rest.split(end, 1)[1]
         else:
             text = old.rstrip() + "\n\n" + text + "\n"
     else:
@@ -589,6 +610,7 @@ def main() -> None:
     parser.add_argument("--no-ct2", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table for every zhen run")
     parser.add_argument("--write", type=Path, help="markdown file whose generated block is replaced")
+    parser.add_argument("--block", default="", help="name of that block, for several runs in one file")
     args = parser.parse_args()
     args.precisions = ["fp32", *(p for p in args.precisions if p != "fp32")]
     if not args.no_ct2:
@@ -615,7 +637,7 @@ def main() -> None:
     text = report(rows, checks, info, args)
     print(text)
     if args.write:
-        write_report(args.write, text)
+        write_report(args.write, text, args.block)
 
 
 if __name__ == "__main__":

@@ -205,3 +205,11 @@ def test_translator_reports_progress_in_pieces(tiny_model_dir):
     translator.translate(sentences, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (3, 3) and len(calls) > 1  # three non-empty pieces, several batches
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tiny_model_dir):
+    """`zhen explain … | head -1`: the pipe closes under zhen's feet; exit quietly, status 0."""
+    command = f"{sys.executable} -m zhen explain 我爱你 --model {tiny_model_dir} | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert len(result.stdout.splitlines()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import lzma
@@ -15,12 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zhen.config import CorpusConfig, DataConfig, TextConfig, TokenizerConfig
+from zhen.corpora import clean_gloss, read_cedict
 from zhen.data import (
     Batch,
     CleanStats,
     DataError,
+    TokenizedCorpus,
     collate,
     encode_corpus,
+    epoch_batches,
+    epoch_sample,
     load_or_build,
     load_pairs,
     make_batches,
@@ -153,7 +158,7 @@ def test_undecodable_lines_can_be_skipped_and_counted(tmp_path: Path, normalizer
     [
         ("nowhere.tsv", "corpus file not found: nowhere.tsv"),
         ("nowhere.jsonl.gz", "corpus file not found: nowhere.jsonl.gz"),
-        ("hks", r"corpus 'hks' not found: no hks.zh and hks.en .* built-in corpus \(hsk\)"),
+        ("hks", r"corpus 'hks' not found: no hks.zh and hks.en .* built-in corpus \(hsk, cedict\)"),
     ],
 )
 def test_missing_files_and_unknown_corpora(
@@ -273,11 +278,14 @@ def test_token_cache_builds_once_then_reloads(tmp_path: Path, normalizer: Normal
     assert any(m.startswith("token cache: building") for m in messages)
     assert any(m.startswith("cleaning: 4,361 pairs read") for m in messages)
 
+    messages_built = list(messages)
     messages.clear()
     loaded = load_or_build(corpora, normalizer, tokenizer, config, tmp_path / "cache", log=messages.append)
     assert any("pairs loaded" in m for m in messages) and not any("building" in m for m in messages)
-    for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets"):
+    assert any("placeholder" in m and "'placeholder-p1'" in m for m in messages_built)  # the report, with examples
+    for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets", "corpus_offsets"):
         assert np.array_equal(getattr(built, name), getattr(loaded, name))
+    assert sum(built.corpus_sizes()) == len(built) and len(built.corpus_sizes()) == 2
     pairs, _ = load_pairs(corpora, normalizer, clean=True, data_config=config)
     direct, _ = encode_corpus(pairs, tokenizer, config)
     assert np.array_equal(direct.tgt_ids, loaded.tgt_ids)
@@ -298,6 +306,7 @@ def test_token_cache_key_follows_files_and_settings(
     assert builds(corpora, config)
     assert not builds(corpora, config)
     assert builds(corpora, DataConfig(max_length=32, max_tokens=512))  # a cleaning setting
+    assert not builds([dataclasses.replace(corpora[0], weight=0.5)], config)  # weights act per epoch, not in the cache
     write_text(tmp_path / "c.en", lines([en for _, en in PAIRS[:-1]] + ["Thank you"]))
     os.utime(tmp_path / "c.en", ns=(1, 1))  # changed content and time
     assert builds(corpora, config)
@@ -375,3 +384,74 @@ def test_collate_uses_the_corpus_pairs(tokenizer: Tokenizer) -> None:
     assert batch.src[0, : len(src)].tolist() == src.tolist()
     assert batch.tgt_out[0, : len(tgt) + 1].tolist() == [*tgt.tolist(), EOS_ID]
     assert tokenizer.decode_tgt(batch.tgt_out.tolist()) == ["Thanks", "Hello"]
+
+
+# ==================================================================== corpus weights
+
+
+def test_epoch_sample_repeats_and_subsamples_each_corpus() -> None:
+    offsets = np.array([0, 10, 110, 114])  # three corpora: 10, 100 and 4 pairs
+    chosen = epoch_sample(offsets, [1.0, 0.3, 2.0], seed=1, epoch=0)
+    counts = np.bincount(chosen, minlength=114)
+    assert (counts[:10] == 1).all()  # weight 1: every pair once
+    assert np.count_nonzero(counts[10:110]) == 30 and counts[10:110].max() == 1  # 0.3: a random 30%, no repeats
+    assert (counts[110:] == 2).all()  # weight 2: every pair twice
+    again, other = epoch_sample(offsets, [1.0, 0.3, 2.0], 1, 0), epoch_sample(offsets, [1.0, 0.3, 2.0], 1, 1)
+    assert np.array_equal(chosen, again) and not np.array_equal(chosen, other)  # fresh each epoch, reproducible
+
+
+def test_epoch_batches_follow_weights_and_equal_make_batches_without_them() -> None:
+    lengths = np.arange(1, 21, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.zeros(offsets[-1], np.uint16)
+    corpus = TokenizedCorpus(ids, offsets, ids, offsets, corpus_offsets=np.array([0, 5, 20]))
+    assert corpus.corpus_sizes() == [5, 15]
+    plain = make_batches(corpus.src_lengths, corpus.tgt_lengths, 64, 1, 0)
+    same = epoch_batches(corpus, [1.0, 1.0], 64, 1, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, same, strict=True))
+    weighted = np.concatenate(epoch_batches(corpus, [3.0, 0.2], 64, 1, 0))
+    assert np.bincount(weighted, minlength=20)[:5].tolist() == [3] * 5 and np.count_nonzero(weighted >= 5) == 3
+    with pytest.raises(DataError, match="3 corpus weights"):
+        epoch_batches(corpus, [1.0, 2.0, 1.0], 64, 1, 0)
+
+
+# ==================================================================== CC-CEDICT
+
+
+@pytest.mark.parametrize(("sense", "gloss"), [
+    ("to love (sb); to be fond of", "to love"),
+    ("surname Wang", None),
+    ("variant of 冗詞|冗词[rong3 ci2]", None),
+    ("old variant of 個|个[ge4]", None),
+    ("see 什麼|什么[shen2 me5]", None),
+    ("CL:個|个[ge4]", None),
+    ("classifier for people", None),
+    ("abbr. for 北京大學|北京大学[Bei3 jing1 Da4 xue2]", None),
+    ("lit. one stone, two birds (idiom); fig. to kill two birds with one stone", "to kill two birds with one stone"),
+    ("Syr Darya, Central Asian river", "Syr Darya"),
+    ("(millet)", None),
+])
+def test_cedict_gloss_cleaning(sense: str, gloss: str | None) -> None:
+    assert clean_gloss(sense) == gloss
+
+
+def test_cedict_entries_become_headword_gloss_pairs(tmp_path: Path) -> None:
+    text = "# comment\n" + "".join(line + "\n" for line in [
+        "張 张 [Zhang1] /surname Zhang/",
+        "張 张 [zhang1] /to open up/to spread/CL:個|个[ge4]/",
+        "個 个 [ge4] /classifier for people or objects in general/individual/",
+        "北京 北京 [Bei3 jing1] /Beijing, capital of the People's Republic of China/",
+        "冗辭 冗辞 [rong3 ci2] /variant of 冗詞|冗词[rong3 ci2]/",
+    ])
+    path = write_text(tmp_path / "cedict.txt.gz", text)
+    assert read_cedict(path) == (["张", "个", "北京"], ["to open up", "individual", "Beijing"])
+    two = (["张", "张", "个", "北京"], ["to open up", "to spread", "individual", "Beijing"])
+    assert read_cedict(path, senses=2) == two
+    assert read_cedict(path, proper_nouns=False)[0] == ["张", "个"]
+
+
+def test_builtin_cedict_corpus_reads_the_package() -> None:
+    pairs = read_corpus(CorpusConfig(path="cedict"))
+    assert 100_000 < len(pairs) < 122_143 and ("北京", "Beijing") in pairs and ("爱", "to love") in pairs
+    with pytest.raises(ValueError, match="cedict"):
+        CorpusConfig(path="hsk", senses=2)

@@ -23,7 +23,8 @@ def model_for(**overrides) -> Transformer:
     return Transformer(tiny(**overrides)).eval()
 
 
-VARIANTS = [{}, {"norm": "pre"}, {"positions": "learned"}, {"activation": "gelu"}, {"tie_output": False},
+VARIANTS = [{}, {"norm": "pre"}, {"positions": "learned"}, {"positions": "rotary"}, {"activation": "gelu"},
+            {"tie_output": False},
             {"share_embeddings": True, "src_vocab_size": 30}]
 
 
@@ -88,8 +89,9 @@ def test_source_padding_does_not_change_outputs(variant):
     torch.testing.assert_close(encoded_padded.memory[:, :5], encoded.memory, rtol=1e-5, atol=1e-5)
 
 
-def test_padded_batch_equals_sentences_one_by_one():
-    model = model_for()
+@pytest.mark.parametrize("positions", ["sinusoidal", "rotary"])
+def test_padded_batch_equals_sentences_one_by_one(positions):
+    model = model_for(positions=positions)
     a, b = random_ids(1, 3, 30), random_ids(1, 6, 30)
     tgt = random_ids(2, 4, 30)
     batch = torch.cat([torch.cat([a, torch.full((1, 3), PAD)], dim=1), b])

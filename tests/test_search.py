@@ -290,16 +290,17 @@ def test_gnmt_lp():
 VOCAB = 40
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["sinusoidal", "rotary"])
+def model(request):
     """A random model whose outputs depend on source and prefix, some ending early, some at max_len.
 
     With a tied output layer a random model mostly repeats one token, which would hide a broken cache;
     an untied, sharpened output layer and a louder EOS make the outputs varied.
     """
-    torch.manual_seed(2)
+    torch.manual_seed({"sinusoidal": 2, "rotary": 5}[request.param])  # seeds whose outputs are varied
     config = ModelConfig(src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, d_model=32, n_heads=4, d_ff=64,
-                         n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, max_positions=64, tie_output=False)
+                         n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, max_positions=64, tie_output=False,
+                         positions=request.param)
     model = Transformer(config).eval()
     with torch.no_grad():
         model.output.weight.mul_(3.0)

@@ -65,6 +65,24 @@ def open_page(browser, url: str, width: int):
     return page, errors
 
 
+def wait_for(page, script: str, what: str) -> None:
+    """Wait (60 s: the machine may be busy) for `script` to be true; on a timeout, say what the page shows."""
+    try:
+        page.wait_for_function(script, timeout=60_000)
+    except Exception as error:  # playwright's TimeoutError: report the page's state, not only the wait
+        state = page.evaluate("[document.getElementById('target').textContent, "
+                              "document.getElementById('status').textContent, document.activeElement.id]")
+        pytest.fail(f"{what}: {type(error).__name__}; target, status, focus = {state}")
+
+
+def translated(page, text: str) -> None:
+    wait_for(page, f"document.getElementById('target').textContent === {text!r}", f"no translation {text!r}")
+
+
+def explained(page, kind: str) -> None:
+    wait_for(page, f"document.querySelector('#attention-{kind} svg') !== null", "no heatmaps")
+
+
 def labels(page, kind: str, axis: str) -> list[str]:
     return page.locator(f"#attention-{kind} figure >> nth=0").locator(f"text.{axis}").all_text_contents()
 
@@ -72,13 +90,13 @@ def labels(page, kind: str, axis: str) -> list[str]:
 def test_type_translate_explain_heatmaps(browser, server, shots):
     page, errors = open_page(browser, server, 1200)
     page.locator("#source").press_sequentially("我爱你")  # real key events: translate as you type
-    page.wait_for_function("document.getElementById('target').textContent === 'I love you.'", timeout=30_000)
+    translated(page, "I love you.")
     alternatives = page.locator("#alternatives li").all_inner_texts()
     assert alternatives[0].startswith("I love you.") and len(alternatives) >= 2
     assert all(text.split()[-1].lstrip("-").replace(".", "").isdigit() for text in alternatives)  # with scores
 
     page.click("#explain-button")
-    page.wait_for_selector("#attention-cross svg", timeout=30_000)
+    explained(page, "cross")
     assert page.locator("#source-tokens .piece").all_inner_texts() == SOURCE
     assert page.locator("#target-tokens .piece").all_inner_texts() == TARGET
     expected = {"encoder": (SOURCE, SOURCE), "decoder": (TARGET, TARGET), "cross": (TARGET, SOURCE)}
@@ -111,14 +129,14 @@ def test_phone_width_and_keyboard_only(browser, server, shots):
     assert page.evaluate("document.activeElement.id") == "source"  # the text box has the focus on arrival
     page.keyboard.type("我爱你")
     page.keyboard.press("Enter")  # Enter translates at once (no new line)
-    page.wait_for_function("document.getElementById('target').textContent === 'I love you.'", timeout=30_000)
+    translated(page, "I love you.")
     assert page.locator("#source").input_value() == "我爱你"
     for _ in range(5):  # Tab reaches the Explain button (past the alternatives' summary)
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "explain-button":
             break
     page.keyboard.press("Enter")
-    page.wait_for_selector("#attention-encoder svg", timeout=30_000)
+    explained(page, "encoder")
     svg = page.locator("#attention-encoder figure >> nth=0").locator("svg")
     svg.focus()
     page.keyboard.press("ArrowRight")

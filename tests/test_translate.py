@@ -55,7 +55,11 @@ def test_nbest_of_empty_line_is_the_empty_translation_and_streams_agree(translat
     lines = ["我爱你", "", "你好"]
     nbest = translator.translate_nbest(lines, nbest=2)
     assert [(t.text, t.score, t.tokens) for t in nbest[1]] == [("", 0.0, ())]
-    assert list(translator.translate_nbest_stream([line + "\n" for line in lines], 2, chunk_lines=2)) == nbest
+    streamed = list(translator.translate_nbest_stream([line + "\n" for line in lines], 2, chunk_lines=2))
+    # Other batch-mates change the products' shapes, so scores agree to float rounding; texts and tokens exactly.
+    assert [[(t.text, t.tokens) for t in hyps] for hyps in streamed] == [[(t.text, t.tokens) for t in hyps]
+                                                                         for hyps in nbest]
+    assert [t.score for hyps in streamed for t in hyps] == pytest.approx([t.score for hyps in nbest for t in hyps])
     assert translator.translate(lines)[1] == ""
 
 
@@ -223,3 +227,39 @@ def test_evaluate_reads_a_corpus_as_configs_do(model_dir, tmp_path, capsys):
     assert result["sentences"] == 2 and result["corpus"] == str(tsv)
     assert main(["evaluate", "--model", str(model_dir)]) == 2
     assert "--src FILE --ref FILE, or --corpus" in capsys.readouterr().err
+
+
+def test_one_big_call_does_no_more_work_than_many_small_ones(model_dir, monkeypatch):
+    """Random Unicode (surrogates, rare planes: long byte-fallback pieces) in one call costs no more decoder
+    steps or rows than the same lines in calls of 10, and every batch keeps to the token budget (padding
+    included), so one big call is never much slower than many small ones."""
+    import random
+
+    import zhen.translator as translator_module
+
+    rng = random.Random(1234)
+    lines = ["".join(chr(rng.randint(0, 0x10FFFF)) for _ in range(rng.randint(1, 40))) for _ in range(60)]
+    translator = Translator.load(model_dir, device="cpu", batch_tokens=600)
+    work = {"steps": 0, "rows": 0}
+    shapes: list[tuple[int, int]] = []
+    real_step, real_search = translator.model.decode_step, translator_module.search
+
+    def counted_step(tokens, cache):
+        work["steps"] += 1
+        work["rows"] += tokens.size(0)
+        return real_step(tokens, cache)
+
+    def recorded_search(model, src, decode, **kwargs):
+        shapes.append(tuple(src.shape))
+        return real_search(model, src, decode, **kwargs)
+
+    monkeypatch.setattr(translator.model, "decode_step", counted_step)
+    monkeypatch.setattr(translator_module, "search", recorded_search)
+    one_call = translator.translate(lines)
+    alone = dict(work)
+    work.update(steps=0, rows=0)
+    small_calls = [text for i in range(0, len(lines), 10) for text in translator.translate(lines[i : i + 10])]
+    assert one_call == small_calls
+    assert alone["rows"] <= work["rows"] and alone["steps"] <= work["steps"]
+    beam = translator.config.decode.beam
+    assert all(rows * length * beam <= 600 or rows == 1 for rows, length in shapes)

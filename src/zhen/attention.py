@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zhen.embedding import RotaryPositions
 from zhen.linear import DerivedCache, Linear, linear
 
 
@@ -122,6 +123,11 @@ class KVCache:
     static: bool = False
     buffers: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # 2 × (B, H, capacity, Dh)
 
+    @property
+    def length(self) -> int:
+        """Positions cached so far: the position of the next token."""
+        return 0 if self.k is None else self.k.size(2)
+
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the K/V of the new positions, (B, H, n, Dh) each; return the K/V of all positions so far."""
         length = 0 if self.k is None else self.k.size(2)
@@ -156,10 +162,13 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Learned W_Q, W_K, W_V, W_O; H heads of width Dh attend in parallel (Note §9)."""
+    """Learned W_Q, W_K, W_V, W_O; H heads of width Dh attend in parallel (Note §9). With `rotary`, self-attention
+    rotates every head's Q and K by their positions before the scores (cross-attention never: source and target
+    positions are not comparable); the cache keeps rotated keys."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, rotary: RotaryPositions | None = None) -> None:
         super().__init__()
+        self.rotary = rotary
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
@@ -240,6 +249,9 @@ class MultiHeadAttention(nn.Module):
                 cache.k, cache.v = k, v
         else:  # self-attention: Q, K and V from x in one matrix product
             q, k, v = self.project(x, self.w_q, self.w_k, self.w_v)  # (B, H, Tq, Dh) each
+            if self.rotary is not None:  # the new tokens sit after the cached ones
+                offset = cache.length if cache is not None else 0
+                q, k = self.rotary(q, offset), self.rotary(k, offset)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k, v = cache.append(k, v)  # the prefix's K/V plus the new tokens'
         grouped = layout is not None and layout.beam > 1

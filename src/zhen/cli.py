@@ -1,4 +1,4 @@
-"""The `zhen` command: train | translate | evaluate | explain | tokenize | average | export.
+"""The `zhen` command: train | translate | evaluate | explain | tokenize | data-check | average | export.
 
 Every command turns the errors a user can cause (a bad config, a missing file, a corrupt model)
 into one line on stderr and exit status 2, never a traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from zhen import __version__, textio
+
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns
 
 
 def positive_int(text: str) -> int:
@@ -219,6 +222,23 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from zhen.checkpoint import DEFAULT_MODEL
+    from zhen.config import load_config
+    from zhen.data import check_corpora
+    from zhen.text import Normalizer
+    from zhen.tokenizer import Tokenizer
+
+    config = load_config(args.config, args.set)
+    tokenizer = None if args.tokenizer == "none" else Tokenizer.load(args.tokenizer or DEFAULT_MODEL)
+    stats = check_corpora(config.data.train, Normalizer(config.text), tokenizer, config.data)
+    print(stats.report(examples=args.examples))
+    print("kept per corpus (a pair also in an earlier corpus counts there):")
+    for corpus, size in zip(config.data.train, stats.sizes, strict=True):
+        print(f"  {size:>10,}  {corpus.path}" + (f"  (weight {corpus.weight:g})" if corpus.weight != 1 else ""))
+    return 0
+
+
 def cmd_average(args: argparse.Namespace) -> int:
     from zhen.checkpoint import CheckpointError, export_model, list_checkpoints
 
@@ -265,7 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zhen", description="Chinese→English translation with the Transformer.")
     parser.add_argument("--version", action="version", version=f"zhen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train_parser, _translate_parser, _evaluate_parser, _explain_parser, _tokenize_parser,
+                _data_check_parser, _average_parser, _export_parsers, _serve_parser):
+        add(commands)
+    return parser
 
+
+def _train_parser(commands: Subcommands) -> None:
+    """zhen train CONFIG."""
     p = commands.add_parser("train", help="train a model from a TOML config")
     p.add_argument("config", help="TOML config, e.g. configs/small.toml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -274,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.set_defaults(run=cmd_train)
 
+
+def _translate_parser(commands: Subcommands) -> None:
+    """zhen translate."""
     p = commands.add_parser("translate", help="translate sentences, a file, or standard input")
     p.add_argument("text", nargs="*", help="sentences to translate (otherwise -i FILE or standard input)")
     p.add_argument("--input", "-i", help="input file, one sentence per line ('-': standard input)")
@@ -282,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(run=cmd_translate)
 
+
+def _evaluate_parser(commands: Subcommands) -> None:
+    """zhen evaluate."""
     p = commands.add_parser("evaluate", help="translate a test set and print sacreBLEU BLEU and chrF")
     p.add_argument("--src", help="Chinese source file, one sentence per line")
     p.add_argument("--ref", help="English reference file, line-aligned with --src")
@@ -291,16 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(run=cmd_evaluate)
 
+
+def _explain_parser(commands: Subcommands) -> None:
+    """zhen explain."""
     p = commands.add_parser("explain", help="walk a sentence through the model step by step, as in the note")
     p.add_argument("text", nargs="?", default="我爱你", help="Chinese sentence (default: 我爱你)")
     p.add_argument("--model", "-m", help="model directory (default: the shipped model)")
     p.add_argument("--layer", type=int, help="show only this layer (1-based; default: all, pictures for the last)")
     p.add_argument("--head", type=int, default=1, help="head whose score table is printed (1-based; default 1)")
-    p.add_argument("--out", help="directory for the attention heatmaps (PNG)")
+    p.add_argument("--out", help="directory for the attention heatmaps (PNG; with --html alone: ./explain-out)")
     p.add_argument("--html", action="store_true", help="also write one self-contained walkthrough.html in --out")
     p.add_argument("--values", type=int, default=6, help="how many numbers of each vector to print (default 6)")
     p.set_defaults(run=cmd_explain)
 
+
+def _tokenize_parser(commands: Subcommands) -> None:
+    """zhen tokenize."""
     p = commands.add_parser("tokenize", help="show the SentencePiece pieces and ids of a sentence")
     p.add_argument("text", nargs="+", help="sentence(s) to split")
     p.add_argument("--model", "-m", help="model directory (default: the shipped model)")
@@ -308,13 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="skip the model's text normalisation")
     p.set_defaults(run=cmd_tokenize)
 
+
+def _data_check_parser(commands: Subcommands) -> None:
+    """zhen data-check CONFIG."""
+    p = commands.add_parser("data-check", help="what each cleaning rule removes from a config's training corpora")
+    p.add_argument("config", help="TOML config, e.g. configs/small.toml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--examples", type=int, default=5, help="dropped pairs shown per rule (default 5)")
+    p.add_argument("--tokenizer", help="model directory whose tokenizer counts tokens for the length rules "
+                   "(default: the shipped model's; 'none': skip those rules)")
+    p.set_defaults(run=cmd_data_check)
+
+
+def _average_parser(commands: Subcommands) -> None:
+    """zhen average RUN."""
     p = commands.add_parser("average", help="average the last K checkpoints of a training run into a model")
     p.add_argument("run_dir", metavar="RUN", help="training run directory")
-    p.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints (default 5)")
+    p.add_argument("--last", type=positive_int, default=5, help="how many of the newest checkpoints (default 5)")
     p.add_argument("--output", "-o", required=True, help="new model directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.set_defaults(run=cmd_average)
 
+
+def _export_parsers(commands: Subcommands) -> None:
+    """zhen export MODEL and zhen import-marian DIR."""
     p = commands.add_parser("export", help="copy a model without its training state, or for CTranslate2 or Marian")
     p.add_argument("model", help="model directory or training run")
     p.add_argument("--output", "-o", required=True, help="new model directory")
@@ -322,11 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     from zhen.interop.command import add_interop_commands  # standard library only
     add_interop_commands(p, commands, export=cmd_export, import_marian=cmd_import)
 
+
+def _serve_parser(commands: Subcommands) -> None:
+    """zhen serve."""
     from zhen.serve.command import add_arguments  # standard library only: the server's own imports wait for cmd_serve
 
     add_arguments(commands.add_parser("serve", help="translation server and page")).set_defaults(run=cmd_serve)
-
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,11 +395,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *a, **k: print(f"zhen: warning: {message}", file=sys.stderr)
             return args.run(args)
+    except BrokenPipeError:  # the reader left (`zhen … | head`): not an error; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ZhenError, OSError) as error:
         print(f"zhen: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zhen: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0

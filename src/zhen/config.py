@@ -69,7 +69,7 @@ class ModelConfig:
     attention_dropout: float = 0.0  # on the attention weights
     activation: str = "relu"  # relu | gelu | swish (x·σ(x), Marian's and opus-mt's)  (Note §5)
     norm: str = "post"  # post: LayerNorm(x + F(x)) as in the note | pre: x + F(LayerNorm(x))
-    positions: str = "sinusoidal"  # sinusoidal | learned  (Note §1)
+    positions: str = "sinusoidal"  # sinusoidal | learned: added to X (Note §1) | rotary: Q and K rotated (Note §3)
     max_positions: int = 1024  # longest sequence the position table covers
     tie_output: bool = True  # output projection shares the target embedding matrix
     share_embeddings: bool = False  # source and target share one embedding (joint vocabulary)
@@ -88,7 +88,7 @@ class ModelConfig:
             _check(0.0 <= getattr(self, name) < 1.0, f"model.{name} must be in [0, 1); got {getattr(self, name)}")
         _one_of("model.activation", self.activation, ("relu", "gelu", "swish"))
         _one_of("model.norm", self.norm, ("post", "pre"))
-        _one_of("model.positions", self.positions, ("sinusoidal", "learned"))
+        _one_of("model.positions", self.positions, ("sinusoidal", "learned", "rotary"))
         _check(
             not self.share_embeddings or self.src_vocab_size == self.tgt_vocab_size,
             "model.share_embeddings needs equal source and target vocabularies (a joint tokenizer)",
@@ -127,7 +127,7 @@ class TokenizerConfig:
         _check(self.input_sentence_size > 0, "tokenizer.input_sentence_size must be positive")
 
 
-BUILTIN_CORPORA = ("hsk",)  # corpora that ship with zhen, named instead of found on disk
+BUILTIN_CORPORA = ("hsk", "cedict")  # corpora that ship with zhen, named instead of found on disk
 CORPUS_LISTS = ("train", "dev")  # the [data] keys that list corpora
 
 
@@ -136,8 +136,8 @@ class CorpusConfig:
     """One parallel corpus.
 
     `path` is a file (`.tsv`, `.jsonl`, each optionally `.gz`/`.xz`), a prefix of two line-aligned
-    files (`path.zh` + `path.en`), or the name of a built-in corpus (`hsk`). In a config file a relative
-    path is relative to the file's folder (see `load_config`).
+    files (`path.zh` + `path.en`), or the name of a built-in corpus (`hsk`, `cedict`; see `zhen.corpora`).
+    In a config file a relative path is relative to the file's folder (see `load_config`).
     """
 
     path: str = ""
@@ -147,6 +147,9 @@ class CorpusConfig:
     src_key: str = "zh"  # jsonl: key of the Chinese side
     tgt_key: str = "en"  # jsonl: key of the English side
     on_decode_error: str = "error"  # error | skip  (undecodable bytes)
+    weight: float = 1.0  # sampling weight: pairs per epoch = weight × pairs (0.3: a random 30%; 2: every pair twice)
+    senses: int = 1  # cedict: clean English senses per headword, each its own pair
+    proper_nouns: bool = True  # cedict: keep entries with capitalised pinyin (names, places)
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "every corpus needs a path (a file, a prefix of .zh/.en files, or 'hsk')")
@@ -154,6 +157,10 @@ class CorpusConfig:
         _one_of("corpus on_decode_error", self.on_decode_error, ("error", "skip"))
         _check(self.src_column >= 0 and self.tgt_column >= 0, "corpus columns must be non-negative")
         _check(self.src_column != self.tgt_column, "corpus src_column and tgt_column must differ")
+        _check(self.weight > 0, f"corpus weight must be positive; got {self.weight}")
+        _check(self.senses >= 1, f"corpus senses must be at least 1; got {self.senses}")
+        _check(self.path == "cedict" or (self.senses == 1 and self.proper_nouns),
+               "corpus keys senses and proper_nouns apply to the built-in corpus 'cedict' only")
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class DataConfig:
     train: tuple[CorpusConfig, ...] = ()
     dev: tuple[CorpusConfig, ...] = ()
     deduplicate: bool = True  # drop exact duplicate training pairs (after normalisation)
+    max_target_sources: int = 20  # drop a target given for more different sources than this; 0: no limit
     max_length: int = 128  # tokens per side (with eos); longer training pairs are dropped
     max_length_ratio: float = 3.0  # pairs whose token-length ratio exceeds this are dropped
     ratio_min_length: int = 10  # the ratio test applies once the longer side has this many tokens
@@ -174,6 +182,7 @@ class DataConfig:
         _check(self.max_length >= 2, "data.max_length must be at least 2")
         _check(self.max_length_ratio >= 1.0, "data.max_length_ratio must be at least 1")
         _check(self.ratio_min_length >= 1, "data.ratio_min_length must be at least 1")
+        _check(self.max_target_sources >= 0, "data.max_target_sources must be non-negative")
         _check(
             self.max_tokens >= self.max_length,
             f"data.max_tokens ({self.max_tokens}) must be at least data.max_length ({self.max_length})",

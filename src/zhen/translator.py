@@ -46,7 +46,6 @@ class Translation:
 
 Progress = Callable[[int, int], None]  # (pieces translated so far, pieces in all)
 
-BEAM_FACTOR = True
 EMPTY = Translation("", 0.0, ())  # what an empty input translates to: nothing, with certainty (log P = 0)
 
 
@@ -190,7 +189,7 @@ class Translator:
             start = 0
             while start < len(order):
                 longest = len(ids[order[start]])
-                size = max(1, decode.batch_tokens // (longest * (beam if BEAM_FACTOR else 1)))
+                size = max(1, decode.batch_tokens // (longest * beam))
                 batch = order[start : start + size]
                 src = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
                 for row, n in enumerate(batch):

@@ -400,6 +400,9 @@ def explain_sentence(model: Transformer, tokenizer: Any, text: str, *, normalize
 def _check_eval(model: Transformer) -> None:
     if model.training:
         raise ExplainError("explain needs the model in eval mode (dropout would change every number)")
+    if model.config.positions == "rotary":
+        raise ExplainError("explain shows positions added to the embeddings (sinusoidal or learned); this model uses "
+                           "rotary positions (model.positions = 'rotary'), which the trace does not show yet")
 
 
 # ----------------------------------------------------------------------------- a request's choices

@@ -1,9 +1,12 @@
 """zhen models in other engines' formats, and back, with parity checks.
 
-    marian.py     zhen ⇄ Hugging Face `MarianMTModel`: config, tensors, the MarianTokenizer files, export, import
-    spm_vocab.py  SentencePiece models renumbered so that piece ids are a model's token ids (import)
-    ct2.py        zhen → CTranslate2, through CTranslate2's own Transformers loader, optionally quantized
-    parity.py     the same sentences through zhen and another engine, tokens compared
+    marian.py         zhen ⇄ Hugging Face `MarianMTModel`: configs and tensors (layouts, vocabularies, refusals)
+    marian_export.py  zhen → a Marian directory (model, generation config, MarianTokenizer files)
+    marian_import.py  a Marian checkpoint on disk → a zhen model directory
+    spm_vocab.py      SentencePiece models renumbered so that piece ids are a model's token ids (import)
+    ct2.py            zhen → CTranslate2, through CTranslate2's own Transformers loader, optionally quantized
+    parity.py         the same sentences through zhen and another engine, tokens compared
+    command.py        `zhen export --format …` and `zhen import-marian` (the CLI's side)
 
 The engines' packages are optional (`pip install 'zhen[hf]'`, `'zhen[ct2]'`): `require` imports one or
 says which extra to install, as a one-line `zhen: error: …` in the CLI.

@@ -100,7 +100,8 @@ def check_exportable(c: ModelConfig) -> None:
     if c.norm != "post":
         raise InteropError("Marian has no pre-norm: only post-norm zhen models (model.norm = 'post') export to it")
     if c.positions != "sinusoidal":
-        raise InteropError("Marian recomputes sinusoidal positions on load: learned positions cannot be exported")
+        raise InteropError(f"Marian has only sinusoidal positions (recomputed on load): {c.positions} positions "
+                           "cannot be exported")
     residual_permutation(c.d_model)
 
 

@@ -7,11 +7,12 @@ in one `translate_nbest` call, and hands every job its share back on its event l
 
 - the event loop never runs the model: it keeps accepting requests while a batch is translated;
 - translations never run on two threads at once: one batched call at a time has the CPU's cores to itself;
-- the wait for company starts when the worker is free, not when the oldest job arrived: under load, the
-  clients just answered send their next requests within a millisecond or two, and waiting `max_wait` for
-  them keeps the batch whole (otherwise the batches split into two halves that take turns, each half the
-  size); batches grow with the load, up to the token budget, which bounds the time and memory of one call;
-- an idle server pays at most `max_wait` on top of one translation.
+- an idle server makes a lone request wait at most `max_wait` for company;
+- a busy one expects the clients it just answered back: their next requests come within milliseconds, but
+  while the next batch runs they would wait for all of it, and the batches would split into halves that take
+  turns. So after a batch the worker waits (at most COMEBACK · `max_wait`) until as many lines are queued as
+  that batch had. Batches grow with the load, up to the token budget, which bounds the time and memory of
+  one call.
 
 Other work for the model (explain traces, `call`) runs on a second thread of its own, one call at a time, at
 most `max_calls` waiting: a trace takes seconds, and translations must not wait behind it. The two threads
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+COMEBACK = 4  # after a batch, its clients get up to this many max_waits to come back before the next one starts
 TranslateFn = Callable[[list[str], int], list[list[Any]]]  # (lines, nbest) → per line its n-best list
 CostFn = Callable[[str], int]  # a line → its source tokens
 
@@ -72,6 +74,7 @@ class Batcher:
         self._running = 0  # lines in the model call under way
         self._ready = threading.Condition()
         self._free_since = 0.0  # when the worker finished its last batch (time.monotonic)
+        self._last_lines = 0  # lines in that batch
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="zhen-serve-model", daemon=True)
 
@@ -149,17 +152,26 @@ class Batcher:
             if not self._jobs:
                 return []
             first = self._jobs[0]
-            deadline = max(first.enqueued, self._free_since) + self.max_wait
+            deadline, expected = self._company(first)
             while True:
                 batch, full = self._fitting(first.group)
+                enough = sum(len(job.lines) for job in batch) >= expected
                 remaining = deadline - time.monotonic()
-                if full or remaining <= 0 or self._closing:
+                if full or enough or remaining <= 0 or self._closing:
                     break
                 self._ready.wait(remaining)  # a new job notifies: see whether it fits
             for job in batch:
                 self._jobs.remove(job)
                 self._queued -= len(job.lines)
             return batch
+
+    def _company(self, first: _Job) -> tuple[float, float]:
+        """Until when to wait for company, and for how many lines (see the module doc): after a batch, for as
+        many as it had; on an idle server, `max_wait` for whoever comes."""
+        comeback = self._free_since + COMEBACK * self.max_wait
+        if first.enqueued < comeback:  # queued while the last batch ran, or just after it
+            return comeback, self._last_lines
+        return first.enqueued + self.max_wait, float("inf")
 
     def _fitting(self, group: int) -> tuple[list[_Job], bool]:
         """Waiting jobs of `group`, oldest first, up to the token budget (the first always); and whether the
@@ -180,7 +192,7 @@ class Batcher:
     def _execute(self, batch: list[_Job]) -> None:
         lines = [line for job in batch for line in job.lines]
         start = time.perf_counter()
-        self._running = len(lines)
+        self._running = self._last_lines = len(lines)
         try:
             results = self._translate(lines, max(job.nbest for job in batch))
         except Exception as error:

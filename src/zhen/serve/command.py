@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}; 0: any free port")
     parser.add_argument("--beam", type=int, help="beam size (1: greedy); default: the model's decode.beam")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="default: the model's decode.precision")
+    parser.add_argument("--precision", help="fp32, bf16, int8 or auto (default: the model's decode.precision)")
     for name, text in _HELP.items():
         kind = type(getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), metavar="N",
