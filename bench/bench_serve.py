@@ -203,8 +203,15 @@ def machine_load() -> tuple[str, str]:
 
 def versions() -> str:
     names = ["zhen", "torch", "starlette", "uvicorn", "prometheus-client", "aiohttp"]
-    found = [f"{n} {importlib.metadata.version(n)}" for n in names]
-    return f"Python {platform.python_version()}, " + ", ".join(found)
+    return f"Python {platform.python_version()}, " + ", ".join(f"{n} {installed(n)}" for n in names)
+
+
+def installed(name: str) -> str:
+    """A package's version, or "not installed" (the report is still written; the load phase needs aiohttp)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def cpu_name() -> str:

@@ -18,14 +18,7 @@ CONFIG = ModelConfig(src_vocab_size=300, tgt_vocab_size=300, d_model=64, n_heads
                      n_decoder_layers=2, dropout=0.0, max_positions=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, busy machine two OpenMP threads that
-    wait for each other made these tests up to 7× slower (35 s against 5 s for one test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
