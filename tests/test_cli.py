@@ -213,3 +213,8 @@ def test_a_reader_that_leaves_early_is_not_an_error(tiny_model_dir):
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, cwd=ROOT)
     assert result.returncode == 0 and result.stderr == b"", result.stderr
     assert len(result.stdout.splitlines()) == 1
+
+
+def test_serve_refuses_a_thread_count_below_one(capsys):
+    assert main(["serve", "--threads", "0", "--port", "0"]) == 2
+    assert "--threads must be at least 1" in one_error_line(capsys.readouterr().err)
