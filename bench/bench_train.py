@@ -93,7 +93,7 @@ from zhen.config import Config, ModelConfig, TrainConfig
 from zhen.data import Batch
 from zhen.loss import label_smoothed_cross_entropy
 from zhen.model import Transformer
-from zhen.tokenizer import PAD_ID
+from zhen.special import PAD_ID
 from zhen.train import Processes, Trainer
 
 REPO = Path(__file__).resolve().parent.parent

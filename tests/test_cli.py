@@ -218,3 +218,18 @@ def test_a_reader_that_leaves_early_is_not_an_error(tiny_model_dir):
 def test_serve_refuses_a_thread_count_below_one(capsys):
     assert main(["serve", "--threads", "0", "--port", "0"]) == 2
     assert "--threads must be at least 1" in one_error_line(capsys.readouterr().err)
+
+
+def test_an_atomic_directory_appears_whole_or_not_at_all(tmp_path):
+    from zhen.textio import atomic_directory
+
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("interrupted while writing")
+    assert list(tmp_path.iterdir()) == []  # neither the directory nor its temporary
+    with atomic_directory(target) as tmp:
+        (tmp / "whole.bin").write_bytes(b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "whole.bin").is_file()
+    with pytest.raises(FileExistsError, match="already exists"), atomic_directory(target):
+        pass

@@ -30,7 +30,7 @@ from zhen.config import Config, ConfigError, from_dict
 from zhen.errors import ZhenError
 from zhen.model import Transformer
 from zhen.special import PAD_ID
-from zhen.textio import write_atomic
+from zhen.textio import atomic_directory, write_atomic
 from zhen.tokenizer import Tokenizer
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default"  # the model shipped inside the package
@@ -93,23 +93,16 @@ def save_model_dir(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write a complete model directory atomically (under a temporary name, then renamed)."""
-    directory = Path(directory)
-    if directory.exists():
-        raise CheckpointError(f"{directory} already exists; refusing to overwrite it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    save_file(unique_state_dict(model, dtype), tmp / MODEL_FILE, metadata={"format": "pt", **(metadata or {})})
-    (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
-    tokenizer.save(tmp)
-    if train_state is not None:
-        torch.save(train_state, tmp / STATE_FILE)
-    for file in tmp.iterdir():
-        _fsync(file)
-    os.replace(tmp, directory)
-    return directory
+    with atomic_directory(directory, CheckpointError) as tmp:
+        save_file(unique_state_dict(model, dtype), tmp / MODEL_FILE, metadata={"format": "pt", **(metadata or {})})
+        (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
+        tokenizer.save(tmp)
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE_FILE)
+        for file in tmp.iterdir():
+            _fsync(file)
+    return Path(directory)
 
 
 def read_config(directory: Path) -> Config:

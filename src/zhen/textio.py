@@ -2,7 +2,7 @@
 
 - Input is checked before any output is touched: a missing file is an error before the output exists,
   and an output that is the input file itself is refused.
-- Output files are written under a temporary name beside the target and renamed into place only when
+- Output files (and directories) are written under a temporary name beside the target and renamed into place only when
   everything went well, so a failed or interrupted run leaves the old file (or none), never half a file.
 - Every line is decoded as UTF-8 on its own; a line that is not UTF-8 is an error naming its line.
 - Lines from a pipe or a terminal come in batches of what has arrived: a program that writes one line
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import stat
 import sys
 from collections.abc import Iterator
@@ -124,6 +125,24 @@ def atomic_output(path: Path) -> Iterator[IO[str]]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, error: type[Exception] = FileExistsError) -> Iterator[Path]:
+    """A new directory, filled under a temporary name beside `path` and renamed to `path` only when the block
+    ends without an error (the temporary is removed otherwise). An existing `path` is refused with `error`."""
+    path = Path(path)
+    if path.exists():
+        raise error(f"{path} already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

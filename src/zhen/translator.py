@@ -96,7 +96,6 @@ class Translator:
         if self.dtype == torch.int8:  # int8 linear layers, on a copy that shares the weights
             self.model = quantize(self.model)
         self.normalizer = Normalizer(config.text)
-        self.warnings: list[str] = []
 
     @classmethod
     def load(
@@ -166,8 +165,7 @@ class Translator:
     # ------------------------------------------------------------------ internals
 
     def _warn(self, message: str) -> None:
-        self.warnings.append(message)
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=3)  # kept nowhere: a long-lived process (zhen serve) logs them
 
     def _translate_pieces(
         self, texts: list[str], decode: DecodeConfig, progress: Progress | None = None

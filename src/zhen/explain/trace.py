@@ -48,7 +48,8 @@ from zhen.embedding import Embeddings
 from zhen.errors import ZhenError
 from zhen.layers import AddNorm, FeedForward
 from zhen.model import Transformer
-from zhen.search import BOS_ID, EOS_ID, PAD_ID, apply_length_rules, max_output_lengths
+from zhen.search import apply_length_rules, max_output_lengths
+from zhen.special import BOS_ID, EOS_ID, PAD_ID
 
 TOP_K = 5  # next-token candidates shown at every decoder step
 

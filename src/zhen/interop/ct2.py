@@ -23,8 +23,6 @@ with α = 0 both rank by log P alone (the parity check, `parity.py`).
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from zhen.config import Config
 from zhen.interop import QUANTIZATIONS, InteropError, require
 from zhen.interop.marian_export import build_marian
 from zhen.special import BOS_ID, EOS_ID, UNK_ID
+from zhen.textio import atomic_directory
 from zhen.tokenizer import Tokenizer
 
 CONFIG_FILE = "zhen_config.json"
@@ -69,18 +68,13 @@ def loader_class() -> type:
 
 def convert(model: Any, tokenizer: Tokenizer, config: Config, out: Path, quantization: str = "float32") -> Path:
     """Write zhen's `model` (with its tokenizer and config) as CTranslate2 directory `out`, atomically."""
-    out = Path(out)
-    if out.exists():
-        raise InteropError(f"{out} already exists; refusing to overwrite it")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     src = [tokenizer.id_to_src_piece(i) for i in range(tokenizer.src_vocab_size)]
     tgt = [tokenizer.id_to_tgt_piece(i) for i in range(tokenizer.tgt_vocab_size)]
-    convert_with_vocabularies(model, src, tgt, tmp, quantization)
-    tokenizer.save(tmp)
-    (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    with atomic_directory(out, InteropError) as tmp:
+        convert_with_vocabularies(model, src, tgt, tmp, quantization)
+        tokenizer.save(tmp)
+        (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
+    return Path(out)
 
 
 def convert_with_vocabularies(model: Any, src: list[str], tgt: list[str], out: Path, quantization: str) -> Path:

@@ -15,7 +15,6 @@ text through `zhen.text.Normalizer` first for the same input as zhen.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -27,6 +26,7 @@ from zhen.config import DecodeConfig
 from zhen.interop import InteropError, require
 from zhen.interop.marian import marian_config, to_marian_state
 from zhen.special import BOS_ID, EOS_ID, PAD_ID
+from zhen.textio import atomic_directory
 from zhen.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE, Tokenizer
 
 MAX_LENGTH = 512  # generate's default output limit for an exported model (opus-mt's)
@@ -83,17 +83,13 @@ def write_tokenizer(tokenizer: Tokenizer, directory: Path, max_positions: int) -
 def export_marian(model_dir: Path, out: Path) -> Path:
     """Write zhen's model directory `model_dir` as a Hugging Face Marian directory `out` (atomically)."""
     require("transformers", "zhen export --format marian", "hf")
-    out = Path(out)
-    if out.exists():
+    if Path(out).exists():  # refused before the model is loaded
         raise InteropError(f"{out} already exists; refusing to overwrite it")
     loaded = load_model_dir(model_dir)
     hf = build_marian(loaded.model)
     c = loaded.config.model
     hf.generation_config = generation_config(loaded.config.decode, c.max_positions)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    hf.save_pretrained(str(tmp))
-    write_tokenizer(loaded.tokenizer, tmp, c.max_positions)
-    os.replace(tmp, out)
-    return out
+    with atomic_directory(out, InteropError) as tmp:
+        hf.save_pretrained(str(tmp))
+        write_tokenizer(loaded.tokenizer, tmp, c.max_positions)
+    return Path(out)

@@ -103,11 +103,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with zhen.serve's messages (model failures) in the same format."""
+    """uvicorn's logging, with zhen.serve's messages (model failures) and the translator's warnings
+    (`py.warnings`) in the same format."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["zhen.serve"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    for name in ("zhen.serve", "py.warnings"):
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
 
 
@@ -116,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.threads < 1:
         raise ServeError(f"--threads must be at least 1; got {args.threads}")
+    import logging
+
     import torch
 
     torch.set_num_threads(args.threads)
+    logging.captureWarnings(True)  # the translator's warnings (a line cut to the model's positions) go to the log
     from zhen.serve.limits import ApiKeys
 
     keys = ApiKeys.load(args.api_keys) if args.api_keys else None

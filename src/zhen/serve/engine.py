@@ -29,12 +29,7 @@ class Engine:
 
     def translate_nbest(self, lines: list[str], nbest: int) -> list[list[Any]]:
         """Each line's `nbest` best `Translation`s, best first."""
-        results = self.translator.translate_nbest(lines, nbest)
-        # The translator keeps every warning it gives (lines cut to the model's positions); a server lives long.
-        for message in self.translator.warnings:
-            log.warning("%s", message)
-        self.translator.warnings.clear()
-        return results
+        return self.translator.translate_nbest(lines, nbest)  # its warnings reach the log (see command.run)
 
     def cost(self, line: str) -> int:
         """Source tokens of a line, as the translator will see it (after the model's normalisation)."""
