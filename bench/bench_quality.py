@@ -6,10 +6,11 @@
 
 Each zhen row runs exactly the command it prints (`zhen evaluate --model … --corpus … --json`), so any
 number in bench/quality.md can be recomputed by pasting its command. Dev sets default to the four in
-../shared/data (Tatoeba, 3AM, TV subtitles, WMT newsdev2017). CTranslate2 rows (`--ct2`) translate an export
-of the model (`zhen export --format ctranslate2 --quantization Q`) with the same normalisation, beam size and
-tokenizers, through `ctranslate2.Translator`; its length penalty is its own (log P / |y|^α, see
-zhen/interop/parity.py), the rest as zhen.
+../shared/data (Tatoeba, 3AM, TV subtitles, WMT newsdev2017). Each zhen row also counts the outputs that are
+no translation (the word "placeholder", an empty line for a non-empty source, a copy of the source).
+CTranslate2 rows (`--ct2`) translate an export of the model (`zhen export --format ctranslate2
+--quantization Q`) with the same normalisation, beam size and tokenizers, through `ctranslate2.Translator`;
+its length penalty is its own (log P / |y|^α, see zhen/interop/parity.py), the rest as zhen.
 """
 
 from __future__ import annotations
@@ -34,12 +35,35 @@ DEV_SETS = {
 }
 
 
+def non_translations(corpus: str, outputs: list[str]) -> dict:
+    """Outputs that are no translation: the word "placeholder", an empty line for a non-empty source, a copy
+    of the source. Counts, and up to three examples of each."""
+    from zhen.config import CorpusConfig
+    from zhen.data import read_corpus
+
+    sources = [zh for zh, _ in read_corpus(CorpusConfig(path=corpus))]
+    kinds = {"placeholder": lambda zh, en: "placeholder" in en.lower(),
+             "empty": lambda zh, en: bool(zh.strip()) and not en.strip(),
+             "copy": lambda zh, en: bool(en.strip()) and en.strip() == zh.strip()}
+    found = {kind: [(zh, en) for zh, en in zip(sources, outputs, strict=True) if test(zh, en)]
+             for kind, test in kinds.items()}
+    return {kind: {"count": len(pairs), "examples": pairs[:3]} for kind, pairs in found.items()}
+
+
 def evaluate(model: str, corpus: str, beam: int, device: str, precision: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="zhen-quality-") as work:
+        output = Path(work) / "hypotheses.txt"
+        row = _evaluate(model, corpus, beam, device, precision, output)
+        row["non_translations"] = non_translations(corpus, output.read_text(encoding="utf-8").splitlines())
+    return row
+
+
+def _evaluate(model: str, corpus: str, beam: int, device: str, precision: str, output: Path) -> dict:
     command = ["zhen", "evaluate", "--model", model, "--corpus", corpus, "--beam", str(beam),
                "--device", device, "--precision", precision, "--json"]
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "zhen", *command[1:]], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run([sys.executable, "-m", "zhen", *command[1:], "--output", str(output)],
+                            capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed:\n{result.stderr}")
     row = json.loads(result.stdout)
@@ -119,8 +143,10 @@ def main() -> int:
                     row = ct2_evaluate(args.model, DEV_SETS[name], args.beam, setting, Path(work))
                 row.update(set=name, engine=f"zhen {setting}" if kind == "zhen" else f"CT2 {setting}")
                 rows.append(row)
+                bad = {k: v["count"] for k, v in row.get("non_translations", {}).items()}
                 print(f"{name:12s} {row['engine']:14s} BLEU {row['bleu']:6.2f}  chrF {row['chrf']:6.2f}  "
-                      f"({row['sentences']} sentences, {row['seconds']} s)  {row['command']}", flush=True)
+                      f"({row['sentences']} sentences, {row['seconds']} s, non-translations {bad})  "
+                      f"{row['command']}", flush=True)
     if args.write:
         write_block(args.write, precision_table(rows))
     if args.out:

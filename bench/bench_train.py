@@ -91,7 +91,7 @@ from torch import Tensor, nn
 from zhen import device as devices
 from zhen.config import Config, ModelConfig, TrainConfig
 from zhen.data import Batch
-from zhen.loss import label_smoothed_cross_entropy
+from zhen.loss import label_smoothed_cross_entropy, reference_cross_entropy
 from zhen.model import Transformer
 from zhen.special import PAD_ID
 from zhen.train import Processes, Trainer
@@ -143,6 +143,7 @@ class ModelShape:
 CONFIGS = {
     "base": ModelShape("base", 512, 8, 2048, 6, 6, 32000, 32000),
     "big": ModelShape("big", 1024, 16, 4096, 6, 6, 32000, 32000),
+    "small": ModelShape("small", 256, 4, 1024, 4, 4, 8000, 8000, dropout=0.2),  # configs/small.toml, the shipped model
 }
 SMOKE = ModelShape("smoke", 64, 4, 256, 2, 2, 1000, 1000, max_positions=128)
 
@@ -264,7 +265,7 @@ def build_marian(shape: ModelShape) -> nn.Module:
     return model
 
 
-def zhen_config(shape: ModelShape, device: torch.device, compile_: bool) -> Config:
+def zhen_config(shape: ModelShape, device: torch.device, compile_: bool, precision: str = "auto") -> Config:
     model = ModelConfig(
         src_vocab_size=shape.src_vocab, tgt_vocab_size=shape.tgt_vocab, d_model=shape.d_model,
         n_heads=shape.n_heads, d_ff=shape.d_ff, n_encoder_layers=shape.n_encoder_layers,
@@ -272,8 +273,13 @@ def zhen_config(shape: ModelShape, device: torch.device, compile_: bool) -> Conf
     )
     train = TrainConfig(label_smoothing=LABEL_SMOOTHING, clip_norm=CLIP_NORM, betas=BETAS, eps=EPS,
                         weight_decay=0.0, compile=compile_, device=str(device),
-                        precision="bf16" if device.type == "cuda" else "fp32")
+                        precision=precision_of(device, precision))
     return Config(model=model, train=train)
+
+
+def precision_of(device: torch.device, precision: str) -> str:
+    """auto: bf16 autocast on CUDA, fp32 on the CPU (the GPU benchmark's choice); else as given."""
+    return ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
 
 
 @dataclass
@@ -282,10 +288,11 @@ class Options:
     compile: bool
     backend: str = "inductor"
     compile_mode: str = "default"
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        return torch.bfloat16 if precision_of(self.device, self.precision) == "bf16" else torch.float32
 
     def compiled(self, model: nn.Module) -> nn.Module:
         if not self.compile:
@@ -305,7 +312,7 @@ class Runner:
 
 
 def zhen_trainer_runner(shape: ModelShape, batch: Batch, opts: Options) -> Runner:
-    config = zhen_config(shape, opts.device, opts.compile)
+    config = zhen_config(shape, opts.device, opts.compile, opts.precision)
     model = Transformer(config.model).to(opts.device)
     trainer = Trainer(model, config, opts.device, Processes())
     if opts.compile and (opts.backend != "inductor" or opts.compile_mode != "default"):
@@ -320,11 +327,12 @@ def zhen_trainer_runner(shape: ModelShape, batch: Batch, opts: Options) -> Runne
 
 
 def loop_runner(model: nn.Module, forward: Callable[[nn.Module, Tensor, Tensor], Tensor], batch: Batch,
-                opts: Options, note: str = "") -> Runner:
-    """The bare training step every anchor gets (and zhen-step): no host syncs."""
+                opts: Options, note: str = "", loss_fn: Callable[..., Tensor] = reference_cross_entropy) -> Runner:
+    """The bare training step every anchor gets (and zhen-step): no host syncs. The anchors' loss is PyTorch's
+    cross-entropy (what their users call); zhen-step passes zhen's."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = {"fused": True} if opts.device.type == "cuda" else {}
+    fused = {"fused": True} if opts.device.type in ("cuda", "cpu") else {}  # the strongest anchors: fused AdamW
     optimizer = torch.optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=0.0, **fused)
     network = opts.compiled(model)
     b = batch.to(opts.device)
@@ -333,7 +341,7 @@ def loop_runner(model: nn.Module, forward: Callable[[nn.Module, Tensor, Tensor],
     def step() -> Tensor:
         with devices.autocast(opts.device, opts.dtype):
             logits = forward(network, b.src, b.tgt_in)  # (B, T, V)
-        loss = label_smoothed_cross_entropy(logits, b.tgt_out, LABEL_SMOOTHING, PAD_ID) / n_tokens
+        loss = loss_fn(logits, b.tgt_out, LABEL_SMOOTHING, PAD_ID) / n_tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         optimizer.step()
@@ -348,7 +356,8 @@ def build_runner(system: str, shape: ModelShape, batch: Batch, opts: Options) ->
         return zhen_trainer_runner(shape, batch, opts)
     if system == "zhen-step":
         model = Transformer(zhen_config(shape, opts.device, False).model).to(opts.device)
-        return loop_runner(model, lambda net, src, tgt: net(src, tgt), batch, opts)
+        return loop_runner(model, lambda net, src, tgt: net(src, tgt), batch, opts,
+                           loss_fn=label_smoothed_cross_entropy)
     if system == "torch":
         return loop_runner(TorchSeq2Seq(shape).to(opts.device), lambda net, src, tgt: net(src, tgt), batch, opts)
     if system == "hf":
@@ -568,8 +577,20 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any
                     memory_gib=round(props.total_memory / GIB, 1), capability=f"{props.major}.{props.minor}",
                     cudnn=torch.backends.cudnn.version())
     else:
-        meta["card"] = platform.processor() or "CPU"
+        meta["card"] = cpu_name()
     return meta
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its matrix units (AMX, AVX-512 bf16), from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or "CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    units = [unit for unit in ("amx_bf16", "avx512_bf16") if unit in flags]
+    return f"{name} ({', '.join(units) or 'no bf16 units'})"
 
 
 FORMULA = """\
@@ -600,7 +621,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], real: list[dict[s
     for m in metas:
         lines.append(f"- {m.get('date')}: `{m.get('command')}`" + (f" — {m['note']}" if m.get("note") else ""))
     lines += ["", "Each step: forward (bf16 autocast on CUDA, fp32 on CPU) → label-smoothed CE (0.1) → backward → "
-              "clip 1.0 → AdamW (fused on CUDA). Synthetic ids, no padding; tokens = source + target. "
+              "clip 1.0 → AdamW (fused). Synthetic ids, no padding; tokens = source + target. "
               "`ratio` = tokens/s ÷ the faster anchor (torch or hf, either mode) at the same config and shape.", "",
               "| system | mode | config | shape | ms/step | tokens/s | peak GiB | TFLOP/s | MFU | ratio to best anchor "
               "| first step s |",

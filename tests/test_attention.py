@@ -140,18 +140,28 @@ def test_cache_index_select_then_append():
 
 
 def test_stacked_projection_equals_separate_linears_and_follows_updates():
-    """Without autograd Q, K, V come from one product with [W_Q; W_K; W_V]: the same numbers as the three
-    linears, and rebuilt when a weight changes (in place, as an optimizer step changes it)."""
+    """Q, K, V come from one product with [W_Q; W_K; W_V]: the same numbers as the three linears, with autograd
+    the same gradients, and without it a cached stack rebuilt when a weight changes (in place, as an optimizer
+    step changes it)."""
     attn = MultiHeadAttention(16, 4).eval()
     x = torch.randn(2, 5, 16)
-    separate = attn.project(x, attn.w_q, attn.w_k, attn.w_v)  # autograd on: one linear at a time
+    projections = (attn.w_q, attn.w_k, attn.w_v)
+    separate = [attn.split_heads(w(x)) for w in projections]  # the formula: one linear at a time
+    sum(((i + 1) * t).sum() for i, t in enumerate(separate)).backward()
+    expected_grads = [p.grad.clone() for w in projections for p in (w.weight, w.bias)]
+    attn.zero_grad()
+    trained = attn.project(x, *projections)  # autograd on: one product of the concatenated weights
+    sum(((i + 1) * t).sum() for i, t in enumerate(trained)).backward()
+    for a, b in zip([p.grad for w in projections for p in (w.weight, w.bias)], expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        stacked = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
-        for a, b in zip(separate, stacked, strict=True):
+        stacked = attn.project(x, *projections)
+        for a, b, c in zip(separate, stacked, trained, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
         attn.w_k.weight.mul_(2.0)
         attn.w_v.bias.add_(1.0)
         updated = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
-    expected = attn.project(x, attn.w_q, attn.w_k, attn.w_v)
+    expected = [attn.split_heads(w(x)) for w in projections]
     for a, b in zip(expected, updated, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -52,3 +52,49 @@ def test_smoke_run_writes_a_report(bench, tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["params"] == r["params_analytic"] for r in rows)
     assert next(r for r in rows if r["system"] == "torch")["ratio_to_best_anchor"] == pytest.approx(1.0)
     assert "| zhen | eager | smoke | 2x6 |" in out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def cpu_bench():
+    yield from load_bench_script("bench_train_cpu")
+
+
+def test_cpu_smoke_run_reports_ratios_and_the_share_of_the_matmul_rate(cpu_bench, tmp_path):
+    out = tmp_path / "train_cpu.md"
+    assert cpu_bench.main(["--smoke", "--plan", "small:2x6x5", "--models", "zhen,torch", "--precisions", "fp32,bf16",
+                           "--modes", "eager", "--rounds", "2", "--steps", "1", "--warmup", "1",
+                           "--ablation-rounds", "0", "--out", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    rows = report["results"]
+    assert sorted((r["system"], r["precision"]) for r in rows) == [
+        ("torch", "bf16"), ("torch", "fp32"), ("zhen", "bf16"), ("zhen", "fp32")]  # the best of 2 rounds each
+    assert all(r["status"] == "ok" and 0 < r["share_of_matmul_rate"] < 1 for r in rows)
+    assert all(r["ratio_to_best_anchor"] == pytest.approx(1.0) for r in rows if r["system"] == "torch")
+    assert report["meta"]["matmul_gflops"]["bf16"] > 0
+    assert "| smoke | 2x6x5 | bf16 | zhen | eager |" in out.read_text(encoding="utf-8")
+
+
+def test_ablation_switches_each_idea_off(cpu_bench):
+    import torch
+
+    import zhen.dropout
+    import zhen.trainer
+    from zhen.attention import MultiHeadAttention
+    from zhen.loss import label_smoothed_cross_entropy, reference_cross_entropy
+
+    bt = cpu_bench.bt
+    config = bt.zhen_config(bt.SMOKE, torch.device("cpu"), False, "bf16")
+    trainer = zhen.trainer.Trainer(zhen.trainer.Transformer(config.model), config, torch.device("cpu"),
+                                   zhen.trainer.Processes())
+    fused, project, drop = trainer.optimizer, MultiHeadAttention.project, zhen.dropout.dropout
+    with cpu_bench.without("chunked loss", trainer):
+        assert zhen.trainer.label_smoothed_cross_entropy is reference_cross_entropy
+    with cpu_bench.without("cheap dropout masks", trainer):
+        assert zhen.dropout.dropout is not drop
+    with cpu_bench.without("fused AdamW", trainer):
+        assert trainer.optimizer is not fused and not trainer.optimizer.defaults["fused"]
+    with cpu_bench.without("one Q/K/V product", trainer):
+        assert MultiHeadAttention.project is not project
+    assert (zhen.trainer.label_smoothed_cross_entropy, trainer.optimizer, MultiHeadAttention.project,
+            zhen.dropout.dropout) == (label_smoothed_cross_entropy, fused, project, drop)
+    assert fused.defaults["fused"]

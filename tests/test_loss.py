@@ -58,3 +58,29 @@ def test_nll_is_the_sum_of_minus_log_p():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))
     got = negative_log_likelihood(logits, torch.tensor([[1, 2]]), pad_id=PAD).item()
     assert got == pytest.approx(-math.log(0.25) - math.log(0.8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_chunked_loss_and_gradient_equal_pytorch_cross_entropy(monkeypatch, dtype, eps):
+    """The CPU path (a few rows at a time, gradient by hand) against F.cross_entropy on fp32 logits."""
+    import zhen.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 3 * 50)  # 3 rows a chunk: 5 chunks, the last one short
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 7, 50) * 3).to(dtype)
+    target = torch.randint(1, 50, (2, 7))
+    target[1, 4:] = PAD
+    results = []
+    for fn in (loss_module.label_smoothed_cross_entropy, loss_module.reference_cross_entropy):
+        x = logits.clone().requires_grad_(True)
+        value = fn(x, target, eps, PAD)
+        (value * 0.5).backward()  # a non-unit upstream gradient
+        results.append((value.detach(), x.grad))
+    (chunked, grad), (reference, reference_grad) = results
+    assert chunked.dtype == torch.float32
+    assert chunked.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert grad.dtype == dtype
+    assert torch.allclose(grad.float(), reference_grad.float(), atol=1e-6 if dtype == torch.float32 else 4e-3)
+    assert bool((grad[1, 4:] == 0).all())  # padding gets no gradient
+    assert chunked.item() == pytest.approx(by_hand(logits.float(), target, eps), rel=1e-5)

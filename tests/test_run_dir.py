@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+import torch
 from train_runs import TINY, PreparedRuns
 
 from zhen import checkpoint as ckpt
@@ -176,3 +177,49 @@ def test_changed_settings_are_listed_old_to_new():
     assert shown[0].startswith('  data.train: [{"path": "hsk"') and '"src_column": 2' in shown[0]  # not just paths
     assert shown[1] == f"  train.lr: {TrainConfig().lr} → 0.0001"
     assert changed_settings(saved, saved) == {}
+
+
+# ----------------------------------------------------------------------------- starting from a model (--init)
+
+
+def _weights(directory):
+    from safetensors.torch import load_file
+    return load_file(ckpt.resolve_model_dir(directory) / ckpt.MODEL_FILE)
+
+
+def test_init_starts_from_the_models_weights_and_tokenizer_with_a_fresh_schedule(runs, tmp_path, capsys):
+    first = runs.new_out(tmp_path / "first")
+    train(runs.config("train.max_steps=3"), first)
+    model = ckpt.resolve_model_dir(first)
+    out = tmp_path / "tuned"  # no tokenizer of its own: it gets the model's
+    main(["train", str(TINY), "--out", str(out), "--init", str(model),
+          *sets(*runs.overrides, "train.max_steps=1", "train.lr=1e-9", "model.dropout=0.3")])
+    assert f"initialised from {model}" in capsys.readouterr().out
+    for name in ("src.model", "tgt.model"):
+        assert (out / "tokenizer" / name).read_bytes() == (model / name).read_bytes()
+    tuned, start = _weights(out), _weights(model)
+    assert ckpt.resolve_model_dir(out).name == "step-0000001"  # the schedule starts afresh
+    # one step at lr 1e-9 (warm-up: 1e-9 / warmup_steps) moves no weight visibly: the run began at the model
+    assert all(torch.allclose(tuned[name], start[name], atol=1e-6) for name in start)
+    fresh = tmp_path / "fresh"
+    train(runs.config("train.max_steps=1", "train.lr=1e-9"), runs.new_out(fresh))
+    assert not all(torch.allclose(_weights(fresh)[name], start[name], atol=1e-6) for name in start)  # the test can fail
+
+
+def test_init_refuses_another_network_before_making_anything(runs, tmp_path):
+    first = runs.new_out(tmp_path / "first")
+    train(runs.config("train.max_steps=2"), first)
+    out = tmp_path / "tuned"
+    with pytest.raises(TrainingError, match=r"different network: model\.d_ff 128 \(model: "):
+        train(runs.config("model.d_ff=128"), out, init=first)
+    assert not out.exists()
+
+
+def test_init_is_ignored_when_resuming(runs, tmp_path, capsys):
+    first = runs.new_out(tmp_path / "first")
+    train(runs.config("train.max_steps=2"), first)
+    out = runs.new_out(tmp_path / "run")
+    train(runs.config("train.max_steps=2"), out)
+    capsys.readouterr()
+    train(runs.config("train.max_steps=3"), out, resume=True, init=first)
+    assert "--init" in capsys.readouterr().out and ckpt.resolve_model_dir(out).name == "step-0000003"

@@ -78,6 +78,35 @@ def test_concurrent_requests_share_one_model_call_and_each_gets_its_own_answer()
         assert [hyps[0].text for hyps in answer] == [f"en(s{i})#0", f"en(t{i})#0"]
 
 
+def test_the_worker_gets_its_cpu_threads_before_its_first_batch_and_the_main_thread_keeps_its_own():
+    """zhen serve keeps its main thread at 1 thread and gives the model's worker --threads (Engine.on_worker_start):
+    OpenMP keeps thread counts per thread, and a second team on the same cores would sleep between operators."""
+    import torch
+
+    from zhen.serve.engine import Engine
+
+    seen = []
+    engine = Engine(translator=None, threads=2)
+    model = Scripted()
+
+    def translate(lines, nbest):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return model(lines, nbest)
+
+    main_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b = Batcher(translate, len, beam=5, batch_tokens=1000, max_wait=0.01, max_queue=100,
+                    on_start=engine.on_worker_start)
+        b.start()
+        run(b.translate(["s"]))
+        b.close()
+        assert seen == [("zhen-serve-model", 2)]
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(main_threads)
+
+
 def test_a_lone_request_waits_at_most_max_wait():
     model = Scripted()
     b = batcher(model, max_wait=0.02)

@@ -302,3 +302,28 @@ def test_ddp_update_equals_single_process_update_on_the_same_global_batch():
     # and the update did something: parameters moved from their initial values
     initial = make_trainer(tiny_config(*EXACT)).model
     assert any(not torch.equal(p, q) for p, q in zip(initial.parameters(), ddp["params"], strict=True))
+
+
+def test_inference_after_an_update_sees_the_updated_weights():
+    """The fused AdamW writes the weights behind autograd's back; validation right after a step must still run on
+    the new weights, not on the stacked and packed copies `zhen.linear` derived from the old ones."""
+    config = tiny_config("train.device=cpu", "train.precision=fp32", "train.lr=1e-2", "train.warmup_steps=0")
+    torch.manual_seed(0)
+    model = Transformer(config.model)
+    trainer = Trainer(model, config, torch.device("cpu"), Processes())
+    assert trainer.optimizer.defaults["fused"]
+    batch = Batch.from_ids([[5, 6, 7, 3], [8, 9, 3]], [[10, 11, 12], [13]])
+
+    def infer(network):
+        network.eval()
+        with torch.no_grad():
+            return network(batch.src, batch.tgt_in)  # (B, T, V), through the derived copies
+
+    before = infer(model)  # builds the derived copies
+    model.train()
+    trainer.update([batch])
+    fresh = Transformer(config.model)
+    fresh.load_state_dict(model.state_dict())
+    after = infer(model)
+    assert not torch.allclose(after, before, atol=1e-4)
+    torch.testing.assert_close(after, infer(fresh), rtol=1e-5, atol=1e-5)

@@ -197,13 +197,18 @@ class MultiHeadAttention(nn.Module):
         Without autograd (translation), the weights are stacked, e.g. [W_Q; W_K; W_V], and the projections
         are one matrix product: one pass over x, one call instead of three. The stacked copy is built once
         and rebuilt only when a parameter changes (in place, as an optimizer step does, or by replacement).
-        With autograd (training) each linear runs on its own, so gradients flow exactly as written.
+        With autograd (training) the stack is concatenated at every call (autograd hands each W its slice of
+        the gradient), still one product forward and two backward instead of three and six.
         """
-        if torch.is_grad_enabled():
-            return tuple(self.split_heads(projection(x)) for projection in projections)
-        weight, bias, packed = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,), its packed copy
         b, t, _ = x.shape
-        y = linear(x, weight, bias, packed).view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
+        if torch.is_grad_enabled():
+            weight = torch.cat([projection.weight for projection in projections])  # (n·D, D)
+            bias = torch.cat([projection.bias for projection in projections])  # (n·D,)
+            y = F.linear(x, weight, bias)  # (B, T, n·D)
+        else:
+            weight, bias, packed = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,), its packed copy
+            y = linear(x, weight, bias, packed)  # (B, T, n·D)
+        y = y.view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
         return y.permute(2, 0, 3, 1, 4).unbind(0)  # n × (B, H, T, Dh)
 
     def _stacked(self, projections: tuple[nn.Linear, ...], device_type: str) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    train(config, out, resume=args.resume)
+    train(config, out, resume=args.resume, init=args.init)
     return 0
 
 
@@ -299,6 +299,8 @@ def _train_parser(commands: Subcommands) -> None:
                    help="override a config value (repeatable), e.g. --set train.max_steps=1000")
     p.add_argument("--out", "-o", help="output directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init", metavar="MODEL", help="start a new run from this model's weights and tokenizer "
+                   "(fine-tuning; a model directory or a run); the optimiser and schedule start afresh")
     p.set_defaults(run=cmd_train)
 
 

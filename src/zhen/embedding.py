@@ -17,6 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from zhen.dropout import Dropout
+
 
 class TokenEmbedding(nn.Module):
     """Token ids → vectors, scaled by √d_model (paper §3.4) so they are not drowned by the positions."""
@@ -108,7 +110,7 @@ class Embeddings(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.positions = positions
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """`offset` is the position of the first id: non-zero when decoding one token at a time."""

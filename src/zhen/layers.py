@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zhen.attention import BeamLayout, KVCache, MultiHeadAttention
+from zhen.dropout import Dropout
 from zhen.embedding import RotaryPositions
 from zhen.linear import Linear
 
@@ -30,7 +31,7 @@ class AddNorm(nn.Module):
         super().__init__()
         self.pre_norm = pre_norm
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def before(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.pre_norm else x

@@ -95,7 +95,8 @@ def _inference_linear(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Te
 
 class DerivedCache(dict):
     """Tensors derived from parameters (stacked, packed), each rebuilt when one of its parameters changes:
-    updated in place (an optimizer step bumps its version) or replaced (a new tensor). Copies and pickles
+    updated in place (an optimizer step bumps its version; a fused one does not, so `zhen.trainer` bumps them
+    itself) or replaced (a new tensor). Copies and pickles
     start empty: oneDNN's packed tensors cannot be copied, and a copy's parameters are not the original's."""
 
     def derive(self, key: Hashable, parameters: Sequence[Tensor], build: Callable[[], Any]) -> Any:

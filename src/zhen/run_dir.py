@@ -31,6 +31,7 @@ from tqdm import tqdm
 from zhen import checkpoint as ckpt
 from zhen.config import Config
 from zhen.textio import write_atomic
+from zhen.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
 from zhen.trainer import TrainingError
 
 try:
@@ -138,6 +139,37 @@ def check_resumable(saved: Config, config: Config) -> None:
     sizes = {"src_vocab_size": saved.model.src_vocab_size, "tgt_vocab_size": saved.model.tgt_vocab_size}
     if replace(config.model, **sizes) != saved.model:
         raise TrainingError("cannot resume: [model] differs from the run's saved config.json")
+
+
+TRAINING_ONLY = ("src_vocab_size", "tgt_vocab_size", "dropout", "attention_dropout")  # free to differ with --init
+
+
+def check_initialisable(model_config: Config, config: Config, model_dir: Path) -> None:
+    """A run started from a model's weights (--init) must build that model: the same network (dropout may
+    differ; the vocabularies are the model's tokenizer's) and the same text normalisation."""
+    if model_config.text != config.text:
+        raise TrainingError(f"cannot start from {model_dir}: its [text] normalisation differs from the config's")
+    theirs, ours = json.loads(model_config.to_json())["model"], json.loads(config.to_json())["model"]
+    differ = [f"model.{key} {ours[key]!r} (model: {theirs.get(key)!r})" for key in ours
+              if key not in TRAINING_ONLY and theirs.get(key) != ours[key]]
+    if differ:
+        raise TrainingError(f"cannot start from {model_dir}: the config builds a different network: "
+                            + ", ".join(differ))
+
+
+def copy_tokenizer(model_dir: Path, directory: Path) -> None:
+    """The SentencePiece models of `model_dir` as the run's tokenizer (kept if the run already has one)."""
+    if directory.is_dir():
+        return
+    names = [name for name in (SRC_FILE, TGT_FILE, JOINT_FILE) if (model_dir / name).is_file()]
+    if not names:
+        raise TrainingError(f"cannot start from {model_dir}: it holds no tokenizer (src.model, tgt.model)")
+    temporary = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for name in names:
+        shutil.copyfile(model_dir / name, temporary / name)
+    temporary.rename(directory)
 
 
 def changed_settings(saved: Config, config: Config) -> dict[str, tuple[Any, Any]]:

@@ -3,7 +3,8 @@
     1. claim the run directory (`zhen.run_dir`): create it, lock it against other processes, check that it
        may be (re)used; if the run fails before its first checkpoint, a folder it created is removed again
     2. data: the SentencePiece models (trained on the first start only), the token cache, the dev sets
-    3. the model, its optimiser and, with --resume, everything the latest checkpoint holds; this start's
+    3. the model, its optimiser and, with --resume, everything the latest checkpoint holds (or, on a first
+       start with --init MODEL, MODEL's weights and tokenizer: fine-tuning); this start's
        resolved config is recorded (config.json, config.history.jsonl) and what changed is printed
     4. the loop (`zhen.train_loop`) until a limit or early stopping; the last step is saved
 
@@ -25,7 +26,16 @@ from zhen import device as devices
 from zhen.config import Config
 from zhen.data import TokenizedCorpus, load_or_build, load_pairs
 from zhen.model import Transformer
-from zhen.run_dir import RunLog, changed_settings, check_resumable, claimed, describe_changes, record_start
+from zhen.run_dir import (
+    RunLog,
+    changed_settings,
+    check_initialisable,
+    check_resumable,
+    claimed,
+    copy_tokenizer,
+    describe_changes,
+    record_start,
+)
 from zhen.text import Normalizer
 from zhen.tokenizer import JOINT_FILE, SRC_FILE, Tokenizer
 from zhen.train_loop import Setup, TrainingLoop, accumulation
@@ -41,17 +51,21 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    init: str | Path | None = None,
     on_update: Callable[[TrainState], None] | None = None,
 ) -> Path:
-    """Train `config` into `out` (steps 1–4 above); returns the run directory. `on_update(state)` is called
+    """Train `config` into `out` (steps 1–4 above); returns the run directory. `init`: a model directory (or
+    a run) whose weights and tokenizer a new run starts from, as fairseq's --finetune-from-model (the
+    optimiser and the schedule start afresh; a resumed run ignores it). `on_update(state)` is called
     after every update."""
     out = Path(out)
+    init_dir = ckpt.resolve_model_dir(init) if init is not None else None  # checked before anything is made
     processes, device = _processes_and_device(config)
     with claimed(out, resume) if processes.main else contextlib.nullcontext():
         processes.barrier()
         log = RunLog(out, processes.main)
         try:
-            loop = TrainingLoop(_set_up(config, out, resume, processes, device, log, on_update))
+            loop = TrainingLoop(_set_up(config, out, resume, init_dir, processes, device, log, on_update))
             loop.finish(loop.run())
         finally:
             log.close()
@@ -70,20 +84,31 @@ def _processes_and_device(config: Config) -> tuple[Processes, torch.device]:
     return processes, device
 
 
-def _set_up(config: Config, out: Path, resume: bool, processes: Processes, device: torch.device, log: RunLog,
-            on_update: Callable[[TrainState], None] | None) -> Setup:
+def _set_up(config: Config, out: Path, resume: bool, init: Path | None, processes: Processes, device: torch.device,
+            log: RunLog, on_update: Callable[[TrainState], None] | None) -> Setup:
     """Steps 2 and 3: data, model, optimiser, resumed state, and the record of this start."""
     latest = ckpt.read_pointer(out, "latest") if resume else None
     saved = ckpt.read_config(latest) if latest is not None else None
     if saved is not None:
         check_resumable(saved, config)  # before any work
+    if latest is not None and init is not None:
+        log.message(f"resuming {out}: --init {init} is ignored (the run's own weights and tokenizer go on)")
+        init = None
+    if init is not None:
+        init_config = ckpt.read_config(init)
+        check_initialisable(init_config, config, init)
+        config = replace(config, tokenizer=init_config.tokenizer)  # the run's tokenizer is the model's
+        if processes.main:
+            copy_tokenizer(init, out / "tokenizer")
     normalizer = Normalizer(config.text)
     tokenizer = _tokenizer(config, out, normalizer, processes, log)
     corpus = _corpus(config, out, normalizer, tokenizer, processes, log)
     dev_sets = load_dev_sets(config, normalizer, tokenizer) if processes.main else []
     config = replace(config, model=replace(config.model, src_vocab_size=tokenizer.src_vocab_size,
                                            tgt_vocab_size=tokenizer.tgt_vocab_size))
-    trainer = _trainer(config, latest, device, processes)
+    trainer = _trainer(config, latest, init, device, processes)
+    if init is not None:
+        log.message(f"initialised from {init} (weights and tokenizer); optimiser and schedule start afresh")
     if processes.main:
         _record_start(out, config, saved, latest, trainer, len(corpus), log)
     return Setup(out, config, trainer, tokenizer, corpus, dev_sets, log, on_update)
@@ -116,13 +141,16 @@ def _corpus(config: Config, out: Path, normalizer: Normalizer, tokenizer: Tokeni
     return corpus
 
 
-def _trainer(config: Config, latest: Path | None, device: torch.device, processes: Processes) -> Trainer:
-    """Step 3: the model (initialised from train.seed), its optimiser, and with --resume the weights,
-    optimiser, schedule, position in the data and RNG states of the latest checkpoint."""
+def _trainer(config: Config, latest: Path | None, init: Path | None, device: torch.device,
+             processes: Processes) -> Trainer:
+    """Step 3: the model (initialised from train.seed, or with --init from that model's weights), its
+    optimiser, and with --resume the weights, optimiser, schedule, position in the data and RNG states of
+    the latest checkpoint."""
     torch.manual_seed(config.train.seed)
     model = Transformer(config.model).to(device)
-    if latest is not None:
-        ckpt.load_weights(model, latest / ckpt.MODEL_FILE)
+    weights = latest if latest is not None else init
+    if weights is not None:
+        ckpt.load_weights(model, weights / ckpt.MODEL_FILE)
     trainer = Trainer(model, config, device, processes)
     if latest is not None:
         trainer.restore(ckpt.load_train_state(latest))

@@ -196,14 +196,15 @@ async def _server_error(request: Request, error: Exception) -> Response:
 
 
 def create_app(translator: Any, settings: ServeSettings | None = None, *, api_keys: ApiKeys | None = None,
-               model_name: str = "") -> Starlette:
-    """The server for one loaded `Translator`. The batcher's worker starts and stops with the app's lifespan."""
+               model_name: str = "", model_threads: int | None = None) -> Starlette:
+    """The server for one loaded `Translator`. The batcher's worker starts and stops with the app's lifespan;
+    `model_threads`: the CPU threads it translates with (default: leave PyTorch's setting as it is)."""
     settings = settings or ServeSettings()
-    engine = Engine(translator)
+    engine = Engine(translator, model_threads)
     metrics_ = Metrics()
     batcher = Batcher(engine.translate_nbest, engine.cost, beam=engine.beam, batch_tokens=settings.batch_tokens,
                       max_wait=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
-                      on_batch=metrics_.observe_batch)
+                      on_batch=metrics_.observe_batch, on_start=engine.on_worker_start)
     metrics_.track_queue(lambda: batcher.queued)
     access = Access(api_keys, RateLimiter(settings.rate_limit) if settings.rate_limit else None)
 

@@ -63,12 +63,14 @@ class Batcher:
     """The queue and its worker thread. `translate(lines, nbest)` and `call(fn)` are awaited on the event loop."""
 
     def __init__(self, translate: TranslateFn, cost: CostFn, *, beam: int, batch_tokens: int, max_wait: float,
-                 max_queue: int, max_calls: int = 4, on_batch: Callable[[int, float], None] | None = None) -> None:
+                 max_queue: int, max_calls: int = 4, on_batch: Callable[[int, float], None] | None = None,
+                 on_start: Callable[[], None] | None = None) -> None:
         self._translate, self._cost, self._beam = translate, cost, beam
         self.batch_tokens, self.max_wait, self.max_queue, self.max_calls = batch_tokens, max_wait, max_queue, max_calls
         self._side = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zhen-serve-calls")
         self._calls = 0  # calls waiting or running; changed on the event loop only
         self._on_batch = on_batch or (lambda lines, seconds: None)
+        self._on_start = on_start or (lambda: None)  # run first on the worker thread (its CPU threads)
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued = 0  # lines in self._jobs
         self._running = 0  # lines in the model call under way
@@ -139,6 +141,7 @@ class Batcher:
     # ------------------------------------------------------------------ the worker thread's side
 
     def _work(self) -> None:
+        self._on_start()
         while batch := self._take():
             self._execute(batch)
             self._free_since = time.monotonic()

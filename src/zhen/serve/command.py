@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import importlib.util
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ from zhen.serve.settings import ServeError, ServeSettings
 # One thread for the model measured better than two on this project's 2-core CPU (bench/bench_serve.py, 2,000
 # requests from 32 clients on loopback, quiet machine): 106.5 and 121.9 against 100.7 sentences/s, idle p99 49
 # and 48 against 93 ms, server CPU a sentence 11.0 and 10.0 against 13.6 ms.
-SERVE_THREADS = 1
+SERVE_THREADS = os.cpu_count() or 1  # the model's worker thread takes them all; the event loop is light
 # import name → distribution name, for the error message
 REQUIRED = {"starlette": "starlette", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client",
             "multipart": "python-multipart"}
@@ -55,8 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--precision", help="fp32, bf16, int8 or auto (default: the model's decode.precision)")
     parser.add_argument("--threads", type=int, default=SERVE_THREADS, metavar="N",
-                        help=f"CPU threads for the model (default {SERVE_THREADS}: the event loop, the clients and "
-                        "OpenMP's waiting threads compete for the rest)")
+                        help="CPU threads for the model's worker (default: one per core)")
     for name, text in _HELP.items():
         kind = type(getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), metavar="N",
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # the main thread (loading, the event loop); the worker gets --threads (Engine)
     logging.captureWarnings(True)  # the translator's warnings (a line cut to the model's positions) go to the log
     from zhen.serve.limits import ApiKeys
 
@@ -158,7 +158,7 @@ def _server(args: argparse.Namespace, settings: ServeSettings, keys: Any) -> tup
     translator = Translator.load(args.model, device=args.device, **options)
     translator.translate(["你好。"])  # warm-up: packed weights and first-call allocations, before any client waits
     name = args.model or "the shipped model"
-    app = create_app(translator, settings, api_keys=keys, model_name=name)
+    app = create_app(translator, settings, api_keys=keys, model_name=name, model_threads=args.threads)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
                             timeout_graceful_shutdown=settings.graceful_timeout, log_config=_log_config())
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
