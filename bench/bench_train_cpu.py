@@ -101,16 +101,21 @@ def ablation(args: argparse.Namespace, rounds: int) -> list[dict[str, Any]]:
     return [{"without": idea, "tokens_per_s": rate, "vs_all": rate / best["all"]} for idea, rate in best.items()]
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of n³ products in `dtype` on this CPU with the current threads (best of `repeats`)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def product_rate(rows: int, inner: int, cols: int, dtype: torch.dtype, repeats: int) -> float:
+    """FLOP/s of a (rows × inner)·(inner × cols) product in `dtype` with the current threads (best of `repeats`)."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * rows * inner * cols / best
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of n³ products in `dtype` on this CPU: the rate the step's model FLOPs are compared with."""
+    return product_rate(n, n, n, dtype, repeats)
 
 
 def shape_rates(shape: bt.ModelShape, dims: tuple[int, int, int], dtype: torch.dtype) -> dict[str, float]:
@@ -119,17 +124,7 @@ def shape_rates(shape: bt.ModelShape, dims: tuple[int, int, int], dtype: torch.d
     n, d, f, v = dims[0] * dims[2], shape.d_model, shape.d_ff, shape.tgt_vocab
     products = {"N×D·D×D (W_Q, W_K, W_V, W_O)": (n, d, d), "N×D·D×F (W_1)": (n, d, f), "N×F·F×D (W_2)": (n, f, d),
                 "N×D·D×V (output)": (n, d, v)}
-    rates = {}
-    for name, (rows, inner, cols) in products.items():
-        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
-        a @ b
-        best = float("inf")
-        for _ in range(10):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2 * rows * inner * cols / best / 1e9
-    return rates
+    return {name: product_rate(*sizes, dtype, repeats=10) / 1e9 for name, sizes in products.items()}
 
 
 def parse_plan(text: str, smoke: bool) -> list[tuple[bt.ModelShape, tuple[int, int, int]]]:

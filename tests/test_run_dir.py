@@ -223,3 +223,20 @@ def test_init_is_ignored_when_resuming(runs, tmp_path, capsys):
     capsys.readouterr()
     train(runs.config("train.max_steps=3"), out, resume=True, init=first)
     assert "--init" in capsys.readouterr().out and ckpt.resolve_model_dir(out).name == "step-0000003"
+
+
+def test_init_from_a_model_without_a_tokenizer_is_refused_before_making_anything(runs, tmp_path):
+    import shutil
+
+    from zhen.errors import ZhenError
+
+    first = runs.new_out(tmp_path / "first")
+    train(runs.config("train.max_steps=1"), first)
+    model = tmp_path / "model"
+    shutil.copytree(ckpt.resolve_model_dir(first), model)
+    for name in ("src.model", "tgt.model"):
+        (model / name).unlink()
+    out = tmp_path / "tuned"
+    with pytest.raises(ZhenError, match="no tokenizer in"):
+        train(runs.config("train.max_steps=1"), out, init=model)
+    assert not out.exists()

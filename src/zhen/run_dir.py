@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from zhen import checkpoint as ckpt
 from zhen.config import Config
-from zhen.textio import write_atomic
-from zhen.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
+from zhen.textio import atomic_directory, write_atomic
+from zhen.tokenizer import Tokenizer
 from zhen.trainer import TrainingError
 
 try:
@@ -161,15 +161,9 @@ def copy_tokenizer(model_dir: Path, directory: Path) -> None:
     """The SentencePiece models of `model_dir` as the run's tokenizer (kept if the run already has one)."""
     if directory.is_dir():
         return
-    names = [name for name in (SRC_FILE, TGT_FILE, JOINT_FILE) if (model_dir / name).is_file()]
-    if not names:
-        raise TrainingError(f"cannot start from {model_dir}: it holds no tokenizer (src.model, tgt.model)")
-    temporary = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    for name in names:
-        shutil.copyfile(model_dir / name, temporary / name)
-    temporary.rename(directory)
+    tokenizer = Tokenizer.load(model_dir)  # a model without one is refused here, before anything is written
+    with atomic_directory(directory, TrainingError) as tmp:
+        tokenizer.save(tmp)
 
 
 def changed_settings(saved: Config, config: Config) -> dict[str, tuple[Any, Any]]:

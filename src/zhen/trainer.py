@@ -117,9 +117,9 @@ class Trainer:
         t = config.train
         # PyTorch's fused AdamW: one pass over each parameter instead of a dozen elementwise ops (CPU and CUDA)
         self.fused = device.type in ("cuda", "cpu")
-        self.parameters = list(model.parameters())
+        self.params = list(model.parameters())
         self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=0.0, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=self.fused or None
+            self.params, lr=0.0, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, fused=self.fused
         )
         self.splits = 1  # >1 after an out-of-memory error: each batch runs in this many pieces
         self.state = TrainState()
@@ -156,7 +156,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         if self.fused:  # the fused kernel writes the weights without telling autograd: say it, or the copies
-            torch.autograd.graph.increment_version(self.parameters)  # derived from them (zhen.linear) go stale
+            torch.autograd.graph.increment_version(self.params)  # derived from them (zhen.linear) go stale
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step = step
         self.state.target_tokens += int(tokens_total)

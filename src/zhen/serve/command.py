@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import importlib.util
 import ipaddress
-import os
 import signal
 import socket
 import sys
@@ -23,10 +22,6 @@ from typing import Any
 
 from zhen.serve.settings import ServeError, ServeSettings
 
-# One thread for the model measured better than two on this project's 2-core CPU (bench/bench_serve.py, 2,000
-# requests from 32 clients on loopback, quiet machine): 106.5 and 121.9 against 100.7 sentences/s, idle p99 49
-# and 48 against 93 ms, server CPU a sentence 11.0 and 10.0 against 13.6 ms.
-SERVE_THREADS = os.cpu_count() or 1  # the model's worker thread takes them all; the event loop is light
 # import name → distribution name, for the error message
 REQUIRED = {"starlette": "starlette", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client",
             "multipart": "python-multipart"}
@@ -55,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--beam", type=int, help="beam size (1: greedy); default: the model's decode.beam")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--precision", help="fp32, bf16, int8 or auto (default: the model's decode.precision)")
-    parser.add_argument("--threads", type=int, default=SERVE_THREADS, metavar="N",
-                        help="CPU threads for the model's worker (default: one per core)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for the model's worker (default: PyTorch's, one per core or OMP_NUM_THREADS)")
     for name, text in _HELP.items():
         kind = type(getattr(defaults, name))
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), metavar="N",
@@ -116,13 +111,14 @@ def _log_config() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     require_extra()
     settings = settings_from_args(args)
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ServeError(f"--threads must be at least 1; got {args.threads}")
     import logging
 
     import torch
 
-    torch.set_num_threads(1)  # the main thread (loading, the event loop); the worker gets --threads (Engine)
+    args.threads = args.threads or torch.get_num_threads()  # for the model's worker thread (Engine)
+    torch.set_num_threads(1)  # the main thread: loading, warm-up, the event loop
     logging.captureWarnings(True)  # the translator's warnings (a line cut to the model's positions) go to the log
     from zhen.serve.limits import ApiKeys
 
