@@ -13,6 +13,8 @@ in the same bare loop with PyTorch's cross-entropy; every optimiser is PyTorch's
   keeps its best round (this CPU's speed drifts by several per cent over minutes);
 - the matrix-product rate of this CPU, measured in the same run (2048³, fp32 and bf16, best of 5):
   `of matmul` = model FLOPs per second (the formula of bench_train.py) ÷ that rate, in the same precision;
+- malloc: the run first calls `zhen.allocator.keep_freed_memory` (as `zhen train` does), so every system's
+  freed tensors are reused without page faults; ZHEN_KEEP_FREED_MEMORY=0 runs all of them on glibc's defaults;
 - `ratio` = tokens/s ÷ the faster anchor's at the same config, shape and precision (either mode).
 
 Shapes are B×S×T of Tatoeba-length sentences (source 16, target 18 tokens with BOS/EOS) at the token
@@ -36,7 +38,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train as bt
 
+from zhen import allocator
+
 DEFAULT_PLAN = "small:88x16x18,small:176x16x18,base:88x16x18"
+MALLOC_KEPT = "malloc keeps freed memory (zhen.allocator, as `zhen train` sets it) for every system"
+MALLOC_DEFAULT = "glibc's malloc defaults (ZHEN_KEEP_FREED_MEMORY=0) for every system"
 IDEAS = ("chunked loss", "cheap dropout masks", "fused AdamW", "one Q/K/V product")
 
 
@@ -178,6 +184,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"- the same products at the sizes of one step of {meta['shape_gflops_at']} (GFLOP/s, fp32 / bf16): "
              + ", ".join(f"{name} {meta['shape_gflops']['fp32'][name]:.0f} / {meta['shape_gflops']['bf16'][name]:.0f}"
                          for name in meta["shape_gflops"]["fp32"]),
+             f"- {meta.get('malloc', MALLOC_DEFAULT)}",
              f"- {meta['rounds']} rounds, systems alternating; each cell is its best round of {meta['steps']} "
              f"timed steps after {meta['warmup']} warm-up steps", "",
              "| config | shape | precision | system | mode | ms/step | tokens/s | ratio to best anchor "
@@ -232,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              for shape, dims in plan for precision in args.precisions.split(",")
              for mode in args.modes.split(",") for system in args.models.split(",")]
     args.device = "cpu"
+    kept = allocator.keep_freed_memory()  # for every system alike, before anything is allocated
     meta = bt.environment(torch.device("cpu"), args)
+    meta["malloc"] = MALLOC_KEPT if kept else MALLOC_DEFAULT
     meta.update(rounds=args.rounds, steps=args.steps, warmup=args.warmup, ablation_rounds=args.ablation_rounds,
                 matmul_gflops={"fp32": matmul_rate(torch.float32) / 1e9, "bf16": matmul_rate(torch.bfloat16) / 1e9})
     first_shape, first_dims = plan[0]

@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 
+from zhen import allocator
 from zhen import device as devices
 from zhen.config import DecodeConfig, ModelConfig, load_config
 from zhen.interop.ct2 import convert_with_vocabularies
@@ -380,6 +381,7 @@ def report(rows: list[Row], checks: dict[str, dict], info: dict[str, str], args:
         f"- CPU: {info['cpu']} ({info['flags']}); torch and HF on {args.threads} threads",
         f"- Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, "
         f"ctranslate2 {info['ctranslate2']}, numpy {info['numpy']}, {info['platform']}",
+        f"- {info.get('malloc', 'glibc malloc defaults')}",
         f"- Random weights (seed {args.seed}), vocabulary {VOCAB} per side, sources of {args.src_len} tokens "
         f"(EOS included), exactly {args.tokens} target tokens forced; batch 1 = {args.sentences} sentences one by "
         f"one, batch 32 = one call on 32; fastest of {args.rounds} rounds × {args.repeats} passes, engines "
@@ -627,6 +629,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     info = machine()
+    info["malloc"] = ("malloc keeps freed memory for every engine (zhen.allocator, as zhen's Translator sets it)"
+                      if allocator.keep_freed_memory() else "glibc's malloc defaults (ZHEN_KEEP_FREED_MEMORY=0)")
     args.peak = peak_fp32_rate()
     print(info, f"fastest fp32 product: {args.peak / 1e9:.0f} GFLOP/s", flush=True)
     rows: list[Row] = []

@@ -93,6 +93,7 @@ class Translator:
         self.config = config
         self.device = device or next(model.parameters()).device
         self.dtype = devices.compute_dtype(self.device, precision or config.decode.precision)
+        devices.configure(self.device)
         if self.dtype == torch.int8:  # int8 linear layers, on a copy that shares the weights
             self.model = quantize(self.model)
         self.normalizer = Normalizer(config.text)
