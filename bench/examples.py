@@ -1,6 +1,6 @@
-"""Everyday sentences through two models side by side: docs/examples.md.
+"""Everyday sentences through the shipped models side by side: docs/examples.md.
 
-    python bench/examples.py --before /tmp/v1 --after src/zhen/models/default --out docs/examples.md
+    python bench/examples.py --models /tmp/v1 /tmp/v2 src/zhen/models/default --names v1,v2,v3 --out docs/examples.md
 
 Each sentence is translated with `Translator.translate` (beam 5, the models' own decode settings), one
 call per model; the table shows what a reader can expect of each, good and bad.
@@ -43,26 +43,28 @@ SENTENCES = (
 )
 
 
-def table(before: list[str], after: list[str], names: tuple[str, str]) -> list[str]:
-    lines = [f"| | Chinese | {names[0]} | {names[1]} |", "|---|---|---|---|"]
-    for (topic, zh), a, b in zip(SENTENCES, before, after, strict=True):
-        lines.append(f"| {topic} | {zh} | {a} | {b} |")
+def table(outputs: list[list[str]], names: Sequence[str]) -> list[str]:
+    """One row per sentence: its topic, the Chinese, and each model's translation (outputs[m][i])."""
+    lines = ["| | Chinese | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for i, (topic, zh) in enumerate(SENTENCES):
+        lines.append(f"| {topic} | {zh} | " + " | ".join(output[i] for output in outputs) + " |")
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--before", required=True, help="model directory of the earlier model (v1)")
-    p.add_argument("--after", required=True, help="model directory of the newer model (v2)")
-    p.add_argument("--names", default="v1,v2")
+    p.add_argument("--models", nargs="+", required=True, help="model directories, oldest first")
+    p.add_argument("--names", default="v1,v2,v3", help="their column names, comma-separated")
     p.add_argument("--out", default="docs/examples.md")
     p.add_argument("--intro", default="", help="a paragraph printed above the table")
     args = p.parse_args(argv)
-    names = tuple(args.names.split(","))
+    names = args.names.split(",")[: len(args.models)]
+    if len(names) != len(args.models):
+        p.error(f"--names gives {len(names)} names for {len(args.models)} models")
     sources = [zh for _, zh in SENTENCES]
-    outputs = [Translator.load(path).translate(sources) for path in (args.before, args.after)]
+    outputs = [Translator.load(path).translate(sources) for path in args.models]
     text = "\n".join(["# What the shipped model can and cannot do", "", args.intro, "",
-                      *table(outputs[0], outputs[1], names), ""]) + "\n"
+                      *table(outputs, names), ""]) + "\n"
     write_atomic(Path(args.out), text)
     print(text)
     return 0
