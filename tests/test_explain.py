@@ -25,7 +25,8 @@ from zhen.tokenizer import Tokenizer
 D, H, F, LAYERS = 32, 4, 64, 2
 SRC = [5, 9, 7, 12, EOS_ID]  # a source sentence of S = 5 ids, as encode_src makes them (EOS last)
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-VARIANTS = [{}, {"norm": "pre"}, {"activation": "gelu"}, {"tie_output": False}, {"positions": "learned"}]
+VARIANTS = [{}, {"norm": "pre"}, {"activation": "gelu"}, {"tie_output": False}, {"positions": "learned"},
+            {"positions": "rotary"}]
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -175,8 +175,10 @@ def _source_sections(trace: Trace, view: View) -> list[Section]:
               f"S = {len(emb.ids)} tokens (▁ starts a word; </s> ends the sentence)"]
     ids = {"id": [str(i) for i in emb.ids]}
     positions = {"pos": [str(i) for i in range(len(emb.ids))]}
-    pe = ("sinusoidal: PE[pos, 2i] = sin(pos / 10000^(2i/D)), PE[pos, 2i+1] = cos(pos / 10000^(2i/D))"
-          if c.positions == "sinusoidal" else "learned position vectors")
+    pe = {"sinusoidal": "sinusoidal: PE[pos, 2i] = sin(pos / 10000^(2i/D)), PE[pos, 2i+1] = cos(pos / 10000^(2i/D))",
+          "learned": "learned position vectors",
+          "rotary": "rotary: nothing is added here (PE = 0); self-attention turns each head's Q and K by an angle "
+                    "that grows with pos (Note §3), so a score depends on how far apart two tokens are"}[c.positions]
     return [
         Section("model", "Note §1 · tokens → ids (the tokenizer)", lines),
         Section("model", f"Note §1 · embeddings X = E[id]·√D + PE[pos]  (rows = tokens, D = {c.d_model} columns)", [

@@ -246,7 +246,8 @@ def trace_embedding(embed: Embeddings, ids: list[int], pieces: list[str]) -> Emb
     batch = torch.tensor([ids])  # (1, T)
     rows = embed.tokens.embed(batch)[0]  # (T, D)
     scaled = embed.tokens(batch)[0]  # (T, D): the model's own ×√D
-    positions = embed.positions(len(ids))  # (T, D)
+    # (T, D); rotary positions add nothing here: they turn Q and K inside self-attention (trace_attention)
+    positions = embed.positions(len(ids)) if embed.positions is not None else torch.zeros_like(scaled)
     scale = math.sqrt(embed.tokens.d_model)
     return EmbeddingTrace(list(ids), list(pieces), rows, scale, scaled, positions, scaled + positions)
 
@@ -270,6 +271,8 @@ def trace_attention(
     source = x if memory is None else memory
     q, k, v = attn.w_q(x[None]), attn.w_k(source[None]), attn.w_v(source[None])  # (1, Tq|Tk, D)
     q_heads, k_heads, v_heads = attn.split_heads(q), attn.split_heads(k), attn.split_heads(v)  # (1, H, T, Dh)
+    if attn.rotary is not None:  # rotary positions (self-attention only): query i and key j turned by i and j
+        q_heads, k_heads = attn.rotary(q_heads), attn.rotary(k_heads)
     heads, weights = scaled_dot_product_attention(q_heads, k_heads, v_heads, mask, causal=causal, need_weights=True)
     concat = attn.merge_heads(heads)  # (1, Tq, D)
     out = attn.w_o(concat)  # (1, Tq, D)
@@ -401,9 +404,6 @@ def explain_sentence(model: Transformer, tokenizer: Any, text: str, *, normalize
 def _check_eval(model: Transformer) -> None:
     if model.training:
         raise ExplainError("explain needs the model in eval mode (dropout would change every number)")
-    if model.config.positions == "rotary":
-        raise ExplainError("explain shows positions added to the embeddings (sinusoidal or learned); this model uses "
-                           "rotary positions (model.positions = 'rotary'), which the trace does not show yet")
 
 
 # ----------------------------------------------------------------------------- a request's choices

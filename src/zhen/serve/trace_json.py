@@ -65,7 +65,7 @@ def trace_to_json(trace: Any) -> dict[str, Any]:
         "model": {
             "d_model": config.d_model, "n_heads": config.n_heads, "d_head": config.d_model // config.n_heads,
             "n_encoder_layers": config.n_encoder_layers, "n_decoder_layers": config.n_decoder_layers,
-            "d_ff": config.d_ff, "norm": config.norm, "activation": config.activation,
+            "d_ff": config.d_ff, "norm": config.norm, "activation": config.activation, "positions": config.positions,
         },
         "source": {"pieces": list(trace.source_pieces), "ids": list(trace.encoder.embedding.ids)},
         "target": {"pieces": list(final.embedding.pieces), "ids": list(final.embedding.ids)},
