@@ -6,7 +6,7 @@ import torch
 from zhen.attention import KVCache, MultiHeadAttention
 from zhen.config import ModelConfig
 from zhen.embedding import RotaryPositions
-from zhen.explain.trace import ExplainError, trace_encoder
+from zhen.explain.trace import trace_encoder
 from zhen.model import Transformer
 
 
@@ -67,5 +67,6 @@ def test_rotary_positions_tell_word_order_apart():
     memory, swapped = model.encode(src).memory, model.encode(src[:, [1, 0, 2, 3]]).memory
     assert not torch.allclose(memory[0, 2], swapped[0, 2], atol=1e-4)  # same token, neighbours swapped
     assert "cos" not in str(model.state_dict().keys())  # nothing to save: a function of (P, Dh)
-    with pytest.raises(ExplainError, match="rotary"):
-        trace_encoder(model, [5, 6, 3], ["我", "爱你", "</s>"])
+    traced = trace_encoder(model, [5, 6, 3], ["我", "爱你", "</s>"])  # explain turns Q and K as the model does
+    torch.testing.assert_close(traced.memory, model.encode(torch.tensor([[5, 6, 3]])).memory[0])
+    assert not traced.embedding.positions.any()  # nothing added to X
