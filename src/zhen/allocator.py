@@ -23,6 +23,7 @@ in the environment to keep glibc's defaults. Elsewhere (macOS, Windows, musl) it
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -32,6 +33,7 @@ M_MMAP_MAX = -4
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
 
 
+@functools.cache  # platform.libc_ver reads the interpreter's binary: once per process is enough
 def glibc() -> ctypes.CDLL | None:
     """The C library of this process, if it is glibc (which has `mallopt`)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
