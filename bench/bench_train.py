@@ -793,7 +793,7 @@ def run_real_data(args: argparse.Namespace, device: torch.device, opts: Options,
         peak_gib=torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
         distinct_batch_shapes=len(set(shapes)), model=asdict(mc),
     )
-    mean = [round(float(np.mean([s[i] for s in shapes]))) for i in range(3)]
+    mean = mean_shape(shapes)
     result["mean_batch_shape"] = mean
     trainer = model = None  # free the GPU memory before the synthetic comparison
     cleanup(device)
@@ -801,6 +801,15 @@ def run_real_data(args: argparse.Namespace, device: torch.device, opts: Options,
     # The same trainer on synthetic batches of the mean shape: what the data and the varying shapes cost.
     result["synthetic_same_shape"] = synthetic_same_shape(config, shape, mean, accum, device, args)
     return result
+
+
+def mean_shape(shapes: Sequence[tuple[int, int, int]]) -> list[int]:
+    """B × S × T of the synthetic comparison: the mean source and target lengths, and the batch size that gives
+    the mean token slots of the real batches. (The mean batch size times the mean lengths would be larger than
+    any real batch: short sentences come in large batches under a token budget, long ones in small.)"""
+    src_len, tgt_len = (float(np.mean([shape[i] for shape in shapes])) for i in (1, 2))
+    slots = float(np.mean([b * (s + t) for b, s, t in shapes]))
+    return [round(slots / (src_len + tgt_len)), round(src_len), round(tgt_len)]
 
 
 def synthetic_same_shape(config: Config, shape: ModelShape, mean: Sequence[int], accum: int, device: torch.device,
@@ -835,7 +844,8 @@ def real_data_markdown(r: dict[str, Any]) -> list[str]:
         f"tokenizer {r['tokenizer']}; token cache {r['cache_s']:.1f} s (not in the throughput)",
         f"- {r['updates']} updates timed after {r.get('warmup_s', 0):.1f} s of warm-up; {r['accumulation']} batch(es) "
         f"of ≤ {r['max_tokens']:,} padded tokens per update; {r['distinct_batch_shapes']} distinct batch shapes; "
-        f"mean batch {' × '.join(map(str, r['mean_batch_shape']))} (B × S × T)",
+        f"mean shape {' × '.join(map(str, r['mean_batch_shape']))} (B × S × T: the mean lengths, and the batch "
+        "size that gives the mean token slots per batch)",
         f"- padding {100 * r['padding']:.1f}% of the token slots; `collate` (data loading, on the host between "
         f"updates) {100 * r['collate_share']:.1f}% of the time; TFLOP/s and MFU count the padded batches' FLOPs", "",
         "| run | ms/update | tokens/s (src + tgt, no pad) | target tokens/s | TFLOP/s | MFU | peak GiB |",

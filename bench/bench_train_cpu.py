@@ -11,7 +11,8 @@ in the same bare loop with PyTorch's cross-entropy; every optimiser is PyTorch's
 - precision: fp32, or bf16 autocast (weights' master copy in fp32) — on the CPU too;
 - rounds: every (system, mode, precision, shape) runs once per round, systems alternating, and each
   keeps its best round (this CPU's speed drifts by several per cent over minutes);
-- the matrix-product rate of this CPU, measured in the same run (2048³, fp32 and bf16, best of 5):
+- the matrix-product rate of this CPU, measured in the same run at the start of every round (2048³, fp32 and
+  bf16, best of 10; the best round counts, as for the systems):
   `of matmul` = model FLOPs per second (the formula of bench_train.py) ÷ that rate, in the same precision;
 - malloc: the run first calls `zhen.allocator.keep_freed_memory` (as `zhen train` does), so every system's
   freed tensors are reused without page faults; ZHEN_KEEP_FREED_MEMORY=0 runs all of them on glibc's defaults;
@@ -119,9 +120,17 @@ def product_rate(rows: int, inner: int, cols: int, dtype: torch.dtype, repeats: 
     return 2 * rows * inner * cols / best
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of n³ products in `dtype` on this CPU: the rate the step's model FLOPs are compared with."""
     return product_rate(n, n, n, dtype, repeats)
+
+
+def measure_rates(rates: dict[str, list[float]]) -> None:
+    """Append this moment's fp32 and bf16 2048³ rates (GFLOP/s). Measured at the start of every round, like a
+    system: on this shared VM one measurement varied from 262 to 429 GFLOP/s (bf16) within minutes, so the
+    rate the shares are taken of is the best of the rounds, as each system's speed is."""
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rates[precision].append(matmul_rate(dtype) / 1e9)
 
 
 def shape_rates(shape: bt.ModelShape, dims: tuple[int, int, int], dtype: torch.dtype) -> dict[str, float]:
@@ -179,8 +188,10 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"- CPU: {meta['card']}, {meta['threads']} threads; torch {meta['torch']}, transformers "
              f"{meta['transformers']}, Python {meta['python']}, zhen {meta['zhen_commit']}"
              f"{' + uncommitted changes in src/' if meta.get('zhen_dirty') else ''}",
-             f"- matrix products measured in this run (2048³, best of 5): fp32 {rates['fp32']:.0f} GFLOP/s, "
-             f"bf16 {rates['bf16']:.0f} GFLOP/s",
+             f"- matrix products measured in this run (2048³, best of 10, at the start of every round; the best "
+             f"round is the rate): fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s (rounds: "
+             + "; ".join(f"{p} " + " / ".join(f"{r:.0f}" for r in meta["matmul_gflops_rounds"][p])
+                         for p in ("fp32", "bf16")) + ")",
              f"- the same products at the sizes of one step of {meta['shape_gflops_at']} (GFLOP/s, fp32 / bf16): "
              + ", ".join(f"{name} {meta['shape_gflops']['fp32'][name]:.0f} / {meta['shape_gflops']['bf16'][name]:.0f}"
                          for name in meta["shape_gflops"]["fp32"]),
@@ -242,15 +253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = allocator.keep_freed_memory()  # for every system alike, before anything is allocated
     meta = bt.environment(torch.device("cpu"), args)
     meta["malloc"] = MALLOC_KEPT if kept else MALLOC_DEFAULT
-    meta.update(rounds=args.rounds, steps=args.steps, warmup=args.warmup, ablation_rounds=args.ablation_rounds,
-                matmul_gflops={"fp32": matmul_rate(torch.float32) / 1e9, "bf16": matmul_rate(torch.bfloat16) / 1e9})
+    meta.update(rounds=args.rounds, steps=args.steps, warmup=args.warmup, ablation_rounds=args.ablation_rounds)
+    rate_rounds: dict[str, list[float]] = {"fp32": [], "bf16": []}
     first_shape, first_dims = plan[0]
     meta["shape_gflops"] = {precision: shape_rates(first_shape, first_dims, dtype)
                             for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     meta["shape_gflops_at"] = f"{first_shape.name} {bt.shape_name(first_dims)}"
-    print(f"matrix products: {meta['matmul_gflops']}; at the model's sizes: {meta['shape_gflops']}", flush=True)
+    print(f"matrix products at the model's sizes: {meta['shape_gflops']}", flush=True)
     best: dict[tuple, dict[str, Any]] = {}
     for round_ in range(1, args.rounds + 1):
+        measure_rates(rate_rounds)
+        print(f"round {round_}: 2048³ products, GFLOP/s: fp32 {rate_rounds['fp32'][-1]:.0f}, "
+              f"bf16 {rate_rounds['bf16'][-1]:.0f}", flush=True)
         for system, mode, precision, shape, dims in cells:
             row = run_cell(system, mode, precision, shape, dims, args)
             keep_best(best, row)
@@ -259,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"round {round_}: {system} {mode} {precision} {shape.name} {bt.shape_name(dims)}: {summary}",
                   flush=True)
     rows = list(best.values())
+    meta["matmul_gflops_rounds"] = rate_rounds
+    meta["matmul_gflops"] = {precision: max(values) for precision, values in rate_rounds.items()}
     meta["ablation"] = ablation(args, args.ablation_rounds) if args.ablation_rounds and not args.smoke else []
     rates = {k: v * 1e9 for k, v in meta["matmul_gflops"].items()}
     add_ratios(rows, rates)

@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from zhen.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
+from zhen.attention import (
+    CPU_FORMULA_MAX_KEYS,
+    KVCache,
+    MultiHeadAttention,
+    _formula_is_faster,
+    causal_mask,
+    scaled_dot_product_attention,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,13 +48,31 @@ def test_formula_by_hand():
         torch.testing.assert_close(out[0, 0, i], sum(w[j] * v[0, 0, j] for j in range(4)))
 
 
+@pytest.mark.parametrize("long", [False, True], ids=["short", "long"])
 @pytest.mark.parametrize("case", MASK_CASES)
-def test_readable_path_equals_fused_path(case):
+def test_readable_path_equals_fused_path(case, long):
+    """The formula (with weights) against PyTorch's fused kernel itself, and against what zhen runs without
+    weights: the formula for short sequences on the CPU, the fused kernel for long ones."""
     q, k, v, mask, causal = mask_case(case)
+    if long:  # past CPU_FORMULA_MAX_KEYS: the path without weights is the fused kernel
+        q, k, v = (t.repeat_interleave(CPU_FORMULA_MAX_KEYS // 4, dim=2) for t in (q, k, v))
+        mask = None if mask is None else mask.repeat_interleave(CPU_FORMULA_MAX_KEYS // 4, dim=-1)
+        assert k.size(2) > CPU_FORMULA_MAX_KEYS
     fast, none = scaled_dot_product_attention(q, k, v, mask, causal=causal)
     slow, weights = scaled_dot_product_attention(q, k, v, mask, causal=causal, need_weights=True)
     assert none is None and weights.shape == (2, 4, q.size(2), k.size(2))
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    allowed = mask
+    if causal:
+        allowed = causal_mask(q.size(2), k.size(2)) if mask is None else mask & causal_mask(q.size(2), k.size(2))
+    kernel = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(slow, kernel, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, kernel, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_takes_the_formula_for_short_sequences_and_the_kernel_for_long_ones():
+    short, long = (torch.randn(1, 1, n, 8) for n in (CPU_FORMULA_MAX_KEYS, CPU_FORMULA_MAX_KEYS + 1))
+    assert _formula_is_faster(short, short) and not _formula_is_faster(long, long)
+    assert _formula_is_faster(long.bfloat16(), long.bfloat16())  # bf16: the fused CPU kernel is always slower
 
 
 def test_weights_rows_sum_to_one_and_masked_cells_are_exactly_zero():

@@ -41,12 +41,11 @@ def scaled_dot_product_attention(
 
     q: (B, H, Tq, Dh); k, v: (B, H, Tk, Dh) → out (B, H, Tq, Dh), weights (B, H, Tq, Tk) or None.
 
-    Two paths, same numbers (a test proves it): when the weights are not wanted, PyTorch's fused
-    kernel; when they are (explain, plots), the formula written out step by step.
+    Two paths, same numbers (a test proves it): the formula written out step by step, which returns the
+    weights (explain, plots), and PyTorch's fused kernel, taken when the weights are not wanted and it is the
+    faster of the two (see `CPU_FORMULA_MAX_KEYS`).
     """
-    # PyTorch's fused CPU kernel is slower than the formula below in bf16 (measured 3-9x for forward +
-    # backward at lengths 16-64 on an AVX-512 CPU), so bf16 on the CPU takes the readable path too.
-    fused = not need_weights and not (q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    fused = not need_weights and not _formula_is_faster(q, k)
     n_queries, n_keys = q.size(-2), k.size(-2)
     if causal and n_queries == 1:
         causal = False  # the newest token may look at every token before it
@@ -63,8 +62,20 @@ def scaled_dot_product_attention(
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # masked keys get weight exactly 0
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk): each row sums to 1
-    out = F.dropout(weights, p=dropout_p) @ v  # (B, H, Tq, Dh): weighted sum of the values
+    kept = F.dropout(weights, p=dropout_p) if dropout_p else weights
+    out = kept @ v  # (B, H, Tq, Dh): weighted sum of the values
     return out, weights if need_weights else None
+
+
+# On the CPU, PyTorch's fused kernel pays off only for long sequences: in fp32 the formula was faster up to
+# 128 keys (decoding steps 1.2-2.2x, cross-attention of a beam 2x, encoders of 12-64 tokens 1.3-1.6x) and the
+# fused kernel from 256 (2.5x at 256 tokens, batch 4); in bf16 the fused kernel was slower at every length tried
+# (3-9x for forward + backward at 16-64). Measured on this project's 2-core AMD EPYC, torch 2.13.
+CPU_FORMULA_MAX_KEYS = 128
+
+
+def _formula_is_faster(q: Tensor, k: Tensor) -> bool:
+    return q.device.type == "cpu" and (q.dtype == torch.bfloat16 or k.size(-2) <= CPU_FORMULA_MAX_KEYS)
 
 
 class BeamLayoutError(ValueError):

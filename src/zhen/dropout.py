@@ -29,7 +29,9 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return F.dropout(x, p, training=True)
     threshold = round(p * LEVELS)  # drop the elements whose bits are below this
     bits = random_int16(x.shape)  # uniform over −32,768 … 32,767
-    keep = (bits >= threshold - LEVELS // 2).to(x.dtype)  # 1 with probability 1 − threshold / LEVELS
+    # 1 with probability 1 − threshold / LEVELS; bool → uint8 → x.dtype, because PyTorch's CPU conversion from
+    # bool is not vectorised (measured 7x slower than from uint8, which holds the same 0/1 bytes)
+    keep = (bits >= threshold - LEVELS // 2).view(torch.uint8).to(x.dtype)
     return x * keep.mul_(LEVELS / (LEVELS - threshold))
 
 
