@@ -235,30 +235,6 @@ def test_stub_sentence_alone_equals_in_batch(search_fn):
         assert token_lists(alone) == token_lists(together[i : i + 1])
 
 
-@pytest.mark.parametrize("search_fn", [greedy_search, lambda *a, **kw: beam_search(*a, beam=3, nbest=3, **kw)])
-def test_on_done_hears_of_every_sentence_once_as_it_ends_with_its_final_result(search_fn):
-    """zhen serve answers a sentence at its on_done: what it hears then is exactly what the search returns,
-    and a sentence that ends earlier is heard of at an earlier step (max_len = |x| + 0: 3, 2, 5, 4 steps)."""
-    model, heard = ScriptedModel(eos_bias=-10.0), []
-
-    def on_done(i, hyps):
-        heard.append((i, len(model.batch_sizes), [(h.tokens, h.score) for h in hyps]))
-
-    results = search_fn(model, STUB_SOURCES, max_len_a=1.0, max_len_b=0, on_done=on_done)
-    assert sorted(i for i, _, _ in heard) == [0, 1, 2, 3]
-    assert {i: hyps for i, _, hyps in heard} == {i: [(h.tokens, h.score) for h in r] for i, r in enumerate(results)}
-    steps = {i: step for i, step, _ in heard}
-    assert steps[1] < steps[0] < steps[3] < steps[2]
-
-
-def test_on_done_with_a_free_running_model_matches_the_result():
-    model = ScriptedModel(eos_bias=0.5)
-    for search_fn in (greedy_search, lambda *a, **kw: beam_search(*a, beam=4, nbest=2, length_penalty=1.0, **kw)):
-        heard = {}
-        results = search_fn(model, STUB_SOURCES, max_len_a=1.0, max_len_b=3, on_done=heard.__setitem__)
-        assert heard == dict(enumerate(results))
-
-
 def test_finished_sentences_leave_the_batch():
     # max_len = |x|: the four sentences stop after 3, 2, 5 and 4 steps, whatever the model says.
     model = ScriptedModel(eos_bias=-10.0)

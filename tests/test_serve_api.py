@@ -40,7 +40,7 @@ class StubTranslator:
         self.delay = delay
         self.calls = 0
 
-    def translate_nbest(self, lines: list[str], nbest: int, on_sentence=None) -> list[list[Translation]]:
+    def translate_nbest(self, lines: list[str], nbest: int) -> list[list[Translation]]:
         self.calls += 1
         if "崩溃" in lines:
             raise RuntimeError("a bug deep in the model (this text must not reach the client)")

@@ -35,25 +35,19 @@ class Hyp:
 
 
 class Scripted:
-    """A stand-in model: 'en(line)#k' for the k-th best, and a record of every call (lines, nbest).
-    Lines starting with 'short' are reported done (on_line) before the `delay` the call takes; a line equal
-    to `fail_on` makes the call fail after that."""
+    """A stand-in model: 'en(line)#k' for the k-th best, and a record of every call (lines, nbest)."""
 
     def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
         self.calls: list[tuple[list[str], int]] = []
         self.delay = delay
         self.fail_on = fail_on
 
-    def __call__(self, lines: list[str], nbest: int, on_line=None) -> list[list[Hyp]]:
+    def __call__(self, lines: list[str], nbest: int) -> list[list[Hyp]]:
         self.calls.append((list(lines), nbest))
-        results = [[Hyp(f"en({line})#{k}", -float(k)) for k in range(nbest)] for line in lines]
-        for i, line in enumerate(lines):
-            if on_line is not None and line.startswith("short"):
-                on_line(i, results[i])
         if self.fail_on is not None and self.fail_on in lines:
             raise RuntimeError("scripted failure")
         time.sleep(self.delay)
-        return results
+        return [[Hyp(f"en({line})#{k}", -float(k)) for k in range(nbest)] for line in lines]
 
 
 def batcher(model: Scripted, **options) -> Batcher:
@@ -84,47 +78,6 @@ def test_concurrent_requests_share_one_model_call_and_each_gets_its_own_answer()
         assert [hyps[0].text for hyps in answer] == [f"en(s{i})#0", f"en(t{i})#0"]
 
 
-def test_a_request_whose_lines_are_done_is_answered_before_the_rest_of_its_batch():
-    """The translator reports each sentence as it finishes: the short request's client has its answer while
-    the long one's batch is still being translated, and both answers are those of the batch."""
-    model, answered = Scripted(delay=0.3), {}
-    b = batcher(model)
-    b.start()
-
-    async def ask(name: str, lines: list[str]):
-        answer = await b.translate(lines, nbest=2)
-        answered[name] = time.perf_counter()
-        return answer
-
-    async def main():
-        return await asyncio.gather(ask("short", ["short one", "short two"]), ask("long", ["long", "short three"]))
-
-    start = time.perf_counter()
-    short, long = run(main())
-    b.close()
-    assert len(model.calls) == 1
-    assert answered["short"] - start < 0.2 <= answered["long"] - start
-    assert [[h.text for h in hyps] for hyps in short] == [["en(short one)#0", "en(short one)#1"],
-                                                          ["en(short two)#0", "en(short two)#1"]]
-    assert [hyps[0].text for hyps in long] == ["en(long)#0", "en(short three)#0"]
-
-
-def test_a_failing_call_after_early_answers_retries_only_the_requests_still_waiting():
-    model = Scripted(fail_on="boom")
-    b = batcher(model)
-    b.start()
-
-    async def main():
-        return await asyncio.gather(b.translate(["short a"]), b.translate(["boom"]), b.translate(["c"]),
-                                    return_exceptions=True)
-
-    early, failed, other = run(main())
-    b.close()
-    assert early[0][0].text == "en(short a)#0" and other[0][0].text == "en(c)#0"
-    assert isinstance(failed, RuntimeError)
-    assert [lines for lines, _ in model.calls] == [["short a", "boom", "c"], ["boom"], ["c"]]
-
-
 def test_the_worker_gets_its_cpu_threads_before_its_first_batch_and_the_main_thread_keeps_its_own():
     """zhen serve keeps its main thread at 1 thread and gives the model's worker --threads (Engine.on_worker_start):
     OpenMP keeps thread counts per thread, and a second team on the same cores would sleep between operators."""
@@ -136,9 +89,9 @@ def test_the_worker_gets_its_cpu_threads_before_its_first_batch_and_the_main_thr
     engine = Engine(translator=None, threads=2)
     model = Scripted()
 
-    def translate(lines, nbest, on_line):
+    def translate(lines, nbest):
         seen.append((threading.current_thread().name, torch.get_num_threads()))
-        return model(lines, nbest, on_line)
+        return model(lines, nbest)
 
     main_threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -93,22 +93,6 @@ def test_long_lines_are_split_with_a_warning_and_memory_stays_bounded(translator
     assert "".join(split_long(line, 200)) == line
 
 
-def test_on_sentence_hears_each_line_once_with_what_is_returned(translator):
-    """Empty lines, lines split into pieces and ordinary ones: each is reported once, when all of it is done,
-    with exactly its returned n-best list (zhen serve answers a request from these)."""
-    lines = ["我是学生。", "", "我们今天去公园散步，然后回家吃饭。" * 20, "好", "   "]
-    heard = []
-    with pytest.warns(UserWarning, match="pieces"):
-        results = translator.translate_nbest(lines, nbest=2, on_sentence=lambda i, t: heard.append((i, t)))
-    assert sorted(i for i, _ in heard) == list(range(len(lines)))
-    assert dict(heard) == dict(enumerate(results))
-    def texts(nbest_lists):
-        return [[t.text for t in nbest] for nbest in nbest_lists]
-
-    others = translator.translate_nbest(lines[:2], nbest=2) + translator.translate_nbest(lines[3:], nbest=2)
-    assert texts(results[:2] + results[3:]) == texts(others)  # the same, batched without the long line
-
-
 def test_split_long_prefers_sentence_ends():
     text = "第一句话。第二句话！第三句？" + "长" * 30
     pieces = split_long(text, 12)

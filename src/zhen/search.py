@@ -23,7 +23,6 @@ Shapes: B batch (sentences still being decoded), K beam size, S source length, T
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -35,7 +34,6 @@ from zhen.config import DecodeConfig
 from zhen.special import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")
-OnDone = Callable[[int, list["Hypothesis"]], None]  # (input index of a sentence, its n-best list) when it is done
 
 
 @dataclass
@@ -138,13 +136,12 @@ def greedy_search(
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
-    on_done: OnDone | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch (B, S) by taking the most probable token at every step: y_t = argmax_v log P(v | y_<t, x).
 
     Returns one one-element list per sentence, in input order (the shape of `beam_search`'s n-best lists).
-    A sentence that emits EOS leaves the batch at once, and `on_done(i, [hypothesis])` hears of it then.
-    `length_penalty` (α) only sets the reported score. The model must be in eval mode (dropout off).
+    A sentence that emits EOS leaves the batch at once. `length_penalty` (α) only sets the reported score.
+    The model must be in eval mode (dropout off).
     """
     n = src.size(0)
     if n == 0:
@@ -165,11 +162,6 @@ def greedy_search(
         output[rows, step - 1] = best
         log_prob.index_add_(0, rows, best_log_prob)
         running = (best != eos_id).nonzero().squeeze(1)  # (B',) the one host sync of a step
-        if on_done is not None and running.numel() < rows.numel():
-            ended = rows[best == eos_id].tolist()
-            for i, hypothesis in zip(ended, _greedy_hypotheses(output[ended], log_prob[ended], length_penalty, eos_id),
-                                     strict=True):
-                on_done(i, hypothesis)
         if running.numel() == 0:
             break
         if running.numel() < rows.numel():  # finished sentences leave the batch
@@ -177,11 +169,6 @@ def greedy_search(
             rows, row_limits, best = rows[running], row_limits[running], best[running]
         tokens = best[:, None]  # (B, 1)
 
-    return _greedy_hypotheses(output, log_prob, length_penalty, eos_id)
-
-
-def _greedy_hypotheses(output: Tensor, log_prob: Tensor, length_penalty: float, eos_id: int) -> list[list[Hypothesis]]:
-    """Rows of greedy output (N, T) ending in EOS, and their log P (N,) → one one-element n-best list each."""
     hypotheses = []
     for ids, total in zip(output.tolist(), log_prob.tolist(), strict=True):
         length = ids.index(eos_id) + 1  # |y|, EOS included; forced at max_len, so always present
@@ -203,13 +190,11 @@ def beam_search(
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int = PAD_ID,
-    on_done: OnDone | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch (B, S) keeping the K = `beam` most probable prefixes of each sentence.
 
     Returns per sentence, in input order, its `nbest` best finished hypotheses by s(y) = log P(y|x) / lp(y),
-    best first (fewer only if fewer than `nbest` outputs exist at all); `on_done(i, n-best list)` hears of
-    each sentence at the step it is done, before the rest of the batch.
+    best first (fewer only if fewer than `nbest` outputs exist at all).
 
     Stopping (fairseq's criterion): a sentence is done once K hypotheses have finished, or at its max_len,
     where every live beam is made to end; the search stops when every sentence is done. With α > 0 a live
@@ -245,15 +230,10 @@ def beam_search(
         state.collect_ended(chosen.finished_scores, (first_row + finished_parents).expand(b, k), step,
                             gnmt_lp(step, length_penalty))
         done = (state.n_finished[state.sentences] >= k) | (max_lens[state.sentences] <= step)  # (B,) on the host
-        state.report(done, nbest, on_done)
         if done.all():
             break
         state.advance(chosen, (first_row + parents).expand(b, k), done, cache)
-    return [_best(hypotheses, nbest) for hypotheses in state.finished]
-
-
-def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:
-    return sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest]
+    return [sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest] for hypotheses in state.finished]
 
 
 @dataclass
@@ -286,13 +266,6 @@ class _BeamState:
             self.finished[i].append(Hypothesis(ids, total / lp, total))
         self.n_finished.index_add_(0, self.sentences[sentence], torch.ones_like(sentence))
 
-    def report(self, done: Tensor, nbest: int, on_done: OnDone | None) -> None:
-        """Tell `on_done` of the sentences done at this step (done (B,) over the live sentences)."""
-        if on_done is None or not done.any():
-            return
-        for i in self.sentences[done].tolist():
-            on_done(i, _best(self.finished[i], nbest))
-
     def advance(self, chosen: BeamStep, parent_rows: Tensor, done: Tensor, cache: Any) -> None:
         """Every live beam continues its parent's prefix (rows `parent_rows` (B, K)); sentences that are `done`
         (B,) leave the batch. The cache follows, told the new layout: K rows for each sentence that stays."""
@@ -309,13 +282,11 @@ class _BeamState:
         self.prefixes = torch.cat([self.prefixes[parent_rows.reshape(-1)], tokens.view(-1, 1)], dim=1)  # (B·K, t+1)
 
 
-def search(model: Any, src: Tensor, config: DecodeConfig, *, min_len: int = 0,
-           on_done: OnDone | None = None) -> list[list[Hypothesis]]:
-    """Translate src (B, S) as `config` says: greedy when config.beam is 1, beam search otherwise.
-    `on_done(i, n-best list)` is called for each sentence as soon as it is done (zhen serve answers then)."""
-    options = {"max_len_a": config.max_len_a, "max_len_b": config.max_len_b, "min_len": min_len, "on_done": on_done}
+def search(model: Any, src: Tensor, config: DecodeConfig, *, min_len: int = 0) -> list[list[Hypothesis]]:
+    """Translate src (B, S) as `config` says: greedy when config.beam is 1, beam search otherwise."""
+    lengths = {"max_len_a": config.max_len_a, "max_len_b": config.max_len_b, "min_len": min_len}
     if config.beam == 1:
-        return greedy_search(model, src, length_penalty=config.length_penalty, **options)
+        return greedy_search(model, src, length_penalty=config.length_penalty, **lengths)
     return beam_search(
-        model, src, beam=config.beam, nbest=config.nbest, length_penalty=config.length_penalty, **options
+        model, src, beam=config.beam, nbest=config.nbest, length_penalty=config.length_penalty, **lengths
     )

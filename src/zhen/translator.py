@@ -13,7 +13,6 @@ stays bounded whatever the input.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import re
 import warnings
@@ -48,40 +47,6 @@ class Translation:
 Progress = Callable[[int, int], None]  # (pieces translated so far, pieces in all)
 
 EMPTY = Translation("", 0.0, ())  # what an empty input translates to: nothing, with certainty (log P = 0)
-OnSentence = Callable[[int, list[Translation]], None]  # (input index, its n-best list) as soon as it is done
-
-
-class _Joined:
-    """The n-best lists of the input lines, put together from their pieces' as these are done: a line of one
-    piece is its piece's list; a line split into pieces gets one joined translation, the best of every piece.
-    `on_sentence` hears of each line once all its pieces are in."""
-
-    def __init__(self, owners: list[int], n_lines: int, on_sentence: OnSentence | None) -> None:
-        self.owners = owners  # piece → its line
-        self.results: list[list[Translation]] = [[] for _ in range(n_lines)]
-        self._parts: dict[int, list[list[Translation]]] = {}  # line → its pieces' lists, in order
-        self._left = collections.Counter(owners)  # line → pieces still being translated
-        self._first = {}  # line → its first piece
-        for piece, owner in enumerate(owners):
-            self._first.setdefault(owner, piece)
-        self._on_sentence = on_sentence
-
-    def add(self, piece: int, translations: list[Translation]) -> None:
-        owner = self.owners[piece]
-        parts = self._parts.setdefault(owner, [[] for _ in range(self._left[owner])])
-        parts[piece - self._first[owner]] = translations
-        self._left[owner] -= 1
-        if self._left[owner]:
-            return
-        if len(parts) == 1:
-            self.results[owner] = parts[0]
-        else:
-            best = [p[0] for p in parts]
-            text = " ".join(b.text for b in best if b.text)
-            score = sum(b.score for b in best) / len(best)
-            self.results[owner] = [Translation(text, score, tuple(t for b in best for t in b.tokens))]
-        if self._on_sentence is not None:
-            self._on_sentence(owner, self.results[owner])
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -158,12 +123,10 @@ class Translator:
         return [nbest[0].text for nbest in self.translate_nbest(sentences, nbest=1, progress=progress)]
 
     def translate_nbest(
-        self, sentences: Sequence[str], nbest: int | None = None, progress: Progress | None = None,
-        on_sentence: OnSentence | None = None,
+        self, sentences: Sequence[str], nbest: int | None = None, progress: Progress | None = None
     ) -> list[list[Translation]]:
         """The `nbest` best translations of each sentence with their scores, best first (an empty sentence
-        has one: the empty translation, score 0). `on_sentence(i, translations)` is called for each sentence
-        as soon as its search is done, while the rest of its batch is still being translated."""
+        has one: the empty translation, score 0)."""
         nbest = nbest or self.config.decode.nbest
         decode = replace(self.config.decode, nbest=nbest, beam=max(self.config.decode.beam, nbest))
         # Long lines become several pieces, translated like separate sentences and joined again.
@@ -175,9 +138,18 @@ class Translator:
                 self._warn(f"line {i + 1}: {len(text)} characters, translated in {len(parts)} pieces")
             pieces += parts
             owners += [i] * len(parts)
-        joined = _Joined(owners, len(sentences), on_sentence)
-        self._translate_pieces(pieces, decode, progress, joined.add)
-        return joined.results
+        translated = self._translate_pieces(pieces, decode, progress)
+        results: list[list[Translation]] = [[] for _ in sentences]
+        for owner, group in itertools.groupby(zip(owners, translated, strict=True), key=lambda x: x[0]):
+            parts = [hyps for _, hyps in group]
+            if len(parts) == 1:
+                results[owner] = parts[0]
+            else:  # one joined translation for a split line: the best of every piece
+                best = [p[0] for p in parts]
+                text = " ".join(b.text for b in best if b.text)
+                score = sum(b.score for b in best) / len(best)
+                results[owner] = [Translation(text, score, tuple(t for b in best for t in b.tokens))]
+        return results
 
     def translate_stream(self, lines: Iterable[str], chunk_lines: int = 256) -> Iterator[str]:
         """Translate an iterable of lines lazily, `chunk_lines` at a time, in order."""
@@ -197,16 +169,13 @@ class Translator:
         warnings.warn(message, stacklevel=3)  # kept nowhere: a long-lived process (zhen serve) logs them
 
     def _translate_pieces(
-        self, texts: list[str], decode: DecodeConfig, progress: Progress | None, on_piece: OnSentence
-    ) -> None:
-        """Normalised texts → `on_piece(i, n-best list)` for each, as it is done. Sorted by length and batched
-        under decode.batch_tokens."""
+        self, texts: list[str], decode: DecodeConfig, progress: Progress | None = None
+    ) -> list[list[Translation]]:
+        """Normalised texts → n-best lists. Sorted by length and batched under decode.batch_tokens."""
+        results: list[list[Translation]] = [[EMPTY] for _ in texts]
         wanted = [i for i, t in enumerate(texts) if t]  # empty input → the empty translation, no model call
-        for i, text in enumerate(texts):
-            if not text:
-                on_piece(i, [EMPTY])
         if not wanted:
-            return
+            return results
         limit = self.model.config.max_positions
         ids = self.tokenizer.encode_src([texts[i] for i in wanted])
         for n, seq in enumerate(ids):
@@ -224,15 +193,12 @@ class Translator:
                 src = torch.full((len(batch), longest), PAD_ID, dtype=torch.long)
                 for row, n in enumerate(batch):
                     src[row, : len(ids[n])] = torch.tensor(ids[n])
-                def done(row: int, hyps: list, batch: list[int] = batch) -> None:
-                    on_piece(wanted[batch[row]], self._translations(hyps))
-
-                search(self.model, src.to(self.device), decode, on_done=done)
+                hypotheses = search(self.model, src.to(self.device), decode)
+                for n, hyps in zip(batch, hypotheses, strict=True):
+                    texts_out = [one_line(t) for t in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
+                    results[wanted[n]] = [Translation(t, h.score, tuple(h.tokens))
+                                          for t, h in zip(texts_out, hyps, strict=True)]
                 start += size
                 if progress is not None:
                     progress(min(start, len(order)), len(order))
-
-    def _translations(self, hyps: list) -> list[Translation]:
-        """A search's hypotheses of one sentence → its translations (detokenized, one line each)."""
-        texts = [one_line(t) for t in self.tokenizer.decode_tgt([h.tokens for h in hyps])]
-        return [Translation(t, h.score, tuple(h.tokens)) for t, h in zip(texts, hyps, strict=True)]
+        return results

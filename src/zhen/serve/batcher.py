@@ -3,8 +3,7 @@
 Each request becomes a job (its lines, how many translations each line needs, an asyncio future) in one
 queue. One worker thread makes every translation call. It takes the oldest job, waits at most `max_wait` seconds for
 company, adds the waiting jobs that fit the token budget and use the same beam, translates all their lines
-in one `translate_nbest` call, and hands every job its share back on its event loop as soon as all its
-lines are translated (a short sentence's answer does not wait for the batch's longest). So:
+in one `translate_nbest` call, and hands every job its share back on its event loop. So:
 
 - the event loop never runs the model: it keeps accepting requests while a batch is translated;
 - translations never run on two threads at once: one batched call at a time has the CPU's cores to itself;
@@ -34,8 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMEBACK = 4  # after a batch, its clients get up to this many max_waits to come back before the next one starts
-OnLine = Callable[[int, list[Any]], None]  # (index of a line, its n-best list), called as soon as it is translated
-TranslateFn = Callable[[list[str], int, OnLine], list[list[Any]]]  # (lines, nbest, on_line) → each line's n-best
+TranslateFn = Callable[[list[str], int], list[list[Any]]]  # (lines, nbest) → per line its n-best list
 CostFn = Callable[[str], int]  # a line → its source tokens
 
 
@@ -195,53 +193,28 @@ class Batcher:
         return batch, tokens >= self.batch_tokens
 
     def _execute(self, batch: list[_Job]) -> None:
-        """Translate the batch's lines in one call. A job is answered as soon as all its lines are done (its
-        client can send the next request while the rest of the batch is still translated); whatever the call
-        did not report early is answered from its result. If the call fails, the jobs not yet answered are
-        retried one by one, so that only the request that fails gets the error."""
-        shares = _Shares(batch)
+        lines = [line for job in batch for line in job.lines]
         start = time.perf_counter()
-        self._running = self._last_lines = len(shares.lines)
+        self._running = self._last_lines = len(lines)
         try:
-            results = self._translate(shares.lines, max(job.nbest for job in batch), shares.add)
+            results = self._translate(lines, max(job.nbest for job in batch))
         except Exception as error:
             results = error
         finally:
             self._running = 0
         if isinstance(results, Exception):
-            left = shares.undelivered()
-            if len(left) == 1 and len(batch) == 1:
-                _deliver(left[0], error=results)
-            else:
-                for job in left:
+            if len(batch) == 1:
+                _deliver(batch[0], error=results)
+            else:  # find the request that fails, so that the others still get their answers
+                for job in batch:
                     self._execute([job])
             return
-        self._on_batch(len(shares.lines), time.perf_counter() - start)
-        for i, hyps in enumerate(results):
-            shares.add(i, hyps)
-
-
-class _Shares:
-    """The lines of a batch's jobs in one list, and each job's answer, delivered once all its lines are in."""
-
-    def __init__(self, batch: list[_Job]) -> None:
-        self.lines = [line for job in batch for line in job.lines]
-        self._where = [(job, k) for job in batch for k in range(len(job.lines))]  # line → (its job, index there)
-        self._answers = {job: [None] * len(job.lines) for job in batch}
-        self._left = {job: len(job.lines) for job in batch}  # a job → its lines not yet in; gone once delivered
-
-    def add(self, line: int, hyps: list[Any]) -> None:
-        job, k = self._where[line]
-        if job not in self._left or self._answers[job][k] is not None:
-            return  # delivered already (early), or reported twice
-        self._answers[job][k] = hyps[: job.nbest]
-        self._left[job] -= 1
-        if not self._left[job]:
-            del self._left[job]
-            _deliver(job, self._answers[job])
-
-    def undelivered(self) -> list[_Job]:
-        return list(self._left)
+        self._on_batch(len(lines), time.perf_counter() - start)
+        offset = 0
+        for job in batch:
+            share = results[offset : offset + len(job.lines)]
+            offset += len(job.lines)
+            _deliver(job, [hyps[: job.nbest] for hyps in share])
 
 
 def _deliver(job: _Job, result: Any = None, error: BaseException | None = None) -> None:

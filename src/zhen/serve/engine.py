@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,12 +37,9 @@ class Engine:
     def beam(self) -> int:
         return self.translator.config.decode.beam
 
-    def translate_nbest(self, lines: list[str], nbest: int,
-                        on_line: Callable[[int, list[Any]], None] | None = None) -> list[list[Any]]:
-        """Each line's `nbest` best `Translation`s, best first; `on_line(i, translations)` hears of each line
-        as soon as it is done."""
-        # Its warnings reach the log (see command.run).
-        return self.translator.translate_nbest(lines, nbest, on_sentence=on_line)
+    def translate_nbest(self, lines: list[str], nbest: int) -> list[list[Any]]:
+        """Each line's `nbest` best `Translation`s, best first."""
+        return self.translator.translate_nbest(lines, nbest)  # its warnings reach the log (see command.run)
 
     def cost(self, line: str) -> int:
         """Source tokens of a line, as the translator will see it (after the model's normalisation)."""
