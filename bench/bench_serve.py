@@ -6,7 +6,8 @@
 One run, on 127.0.0.1 only, bounded in requests (--requests) and time (--max-seconds a round):
 
 1. sentences: the Chinese side of Tatoeba's dev set (short everyday sentences); request i sends sentence i mod n;
-2. `zhen serve --port 0` starts as a process of its own (same model, same beam); its resident memory (VmRSS);
+2. `zhen serve --port 0` starts as a process of its own (the offline translator's model, beam and precision); its
+   resident memory (VmRSS);
 3. idle latency: --idle requests of one short sentence (我爱你), one after another, on an otherwise idle server;
 4. --rounds rounds, each over its share of the requests, alternating the two ways of translating them:
    - offline: one `Translator.translate` call over the round's sentences (repeats included) in this process,
@@ -106,9 +107,11 @@ def offline_anchor(translator, sentences: list[str], chunk: int = 0, passes: int
     return best, translations
 
 
-def start_server(model: str | None, beam: int | None, extra: str = "") -> tuple[subprocess.Popen, str]:
+def start_server(model: str | None, beam: int | None, precision: str | None,
+                 extra: str = "") -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "zhen", "serve", "--port", "0", "--log-level", "warning"]
-    command += (["--model", model] if model else []) + (["--beam", str(beam)] if beam else []) + shlex.split(extra)
+    command += (["--model", model] if model else []) + (["--beam", str(beam)] if beam else [])
+    command += (["--precision", precision] if precision else []) + shlex.split(extra)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = process.stdout.readline()
     match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
@@ -274,7 +277,7 @@ def measure(args: argparse.Namespace, translator, requests: list[str]) -> dict:
     """Start the server, measure idle latency and the rounds, stop it with SIGTERM."""
     idle_expected = translator.translate([IDLE_SENTENCE])[0]
     translator.translate(requests[:8])  # warm-up of this process's model
-    process, url = start_server(args.model, args.beam, args.server_args)
+    process, url = start_server(args.model, args.beam, args.precision, args.server_args)
     try:
         before = resident_mib(process.pid)
         idle = asyncio.run(idle_latency(url, args.idle, idle_expected))
@@ -386,6 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sentences", default=str(DEFAULT_SENTENCES), help="TSV or text file of Chinese sentences")
     parser.add_argument("--model", help="model directory (default: the shipped model)")
     parser.add_argument("--beam", type=int, help="beam size (default: the model's)")
+    parser.add_argument("--precision", help="the server's and the offline translator's (default: the model's)")
     parser.add_argument("--server-args", default="", help="more arguments for zhen serve, e.g. '--threads 2'")
     parser.add_argument("--write", default=str(ROOT / "bench" / "results" / "serve.md"),
                         help="report file ('' : print only)")
@@ -399,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = read_sentences(Path(args.sentences), args.requests)
     requests = [pool[i % len(pool)] for i in range(args.requests)]
     load_before = machine_load()
-    translator = Translator.load(args.model, device="cpu", **({"beam": args.beam} if args.beam else {}))
+    options = {key: value for key, value in (("beam", args.beam), ("precision", args.precision)) if value}
+    translator = Translator.load(args.model, device="cpu", **options)
     measured = measure(args, translator, requests)
     command = "python bench/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv)
     run = Run(command.strip(), datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), args.clients,
