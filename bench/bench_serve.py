@@ -20,10 +20,12 @@ One run, on 127.0.0.1 only, bounded in requests (--requests) and time (--max-sec
      (/proc) and its model calls (its own Prometheus metrics).
    On a shared machine other load comes and goes and only ever adds time; alternating in rounds and comparing
    the best round of each (as bench_translate.py does) compares the two under the same conditions, and each
-   round's own ratio is reported too. Each phase starts after --settle seconds of rest: here an offline pass
-   run right after a served phase ran at a fraction of the speed of one run a few seconds later, which would
-   flatter the server. (aiohttp: its client costs a fraction of a millisecond of CPU a request, httpx's
-   several, which on 2 cores would be taken from the server being measured.)
+   round's own ratio is reported too. The offline passes count the decoder's steps and rows: the two ways do the
+   same rows in different numbers of steps, and fitting seconds = a·steps + b·rows to them gives the fixed cost
+   a of a step, which is what small batches pay more often. Each phase starts after --settle seconds of rest:
+   here an offline pass run right after a served phase ran at a fraction of the speed of one run a few seconds
+   later, which would flatter the server. (aiohttp: its client costs a fraction of a millisecond of CPU a
+   request, httpx's several, which on 2 cores would be taken from the server being measured.)
 5. every answer checked: status 200 and the offline translation; wrong and lost (error, timeout) answers counted;
 6. the server's memory after; then SIGTERM, and its exit status;
 7. the report: machine, versions, command, date, and the other load on the machine before and after.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.metadata
 import os
@@ -46,6 +49,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +90,30 @@ class Offline:
     seconds: float  # wall clock
     cpu: float  # CPU seconds of this process (all its threads)
     sentences: int
+    steps: int = 0  # decoder steps of the pass (each: one token for every row still being decoded)
+    rows: int = 0  # rows of those steps, summed (a sentence has `beam` rows while it is decoded)
 
     @property
     def rate(self) -> float:
         return self.sentences / self.seconds
+
+
+@contextlib.contextmanager
+def counting_steps(model) -> Iterator[dict[str, int]]:
+    """Count the model's decoder steps and their rows while the context is open."""
+    counts = {"steps": 0, "rows": 0}
+    original = model.decode_step
+
+    def decode_step(tokens, cache):
+        counts["steps"] += 1
+        counts["rows"] += tokens.size(0)
+        return original(tokens, cache)
+
+    model.decode_step = decode_step  # an attribute of this instance, over the class's method
+    try:
+        yield counts
+    finally:
+        del model.decode_step
 
 
 def offline_anchor(translator, sentences: list[str], chunk: int = 0, passes: int = 2) -> tuple[Offline, list[str]]:
@@ -99,9 +123,11 @@ def offline_anchor(translator, sentences: list[str], chunk: int = 0, passes: int
     best, translations = None, None
     chunk = chunk or len(sentences)
     for _ in range(passes):
-        start, cpu = time.perf_counter(), time.process_time()
-        result = [t for i in range(0, len(sentences), chunk) for t in translator.translate(sentences[i : i + chunk])]
-        timed = Offline(time.perf_counter() - start, time.process_time() - cpu, len(sentences))
+        with counting_steps(translator.model) as counts:
+            start, cpu = time.perf_counter(), time.process_time()
+            result = [t for i in range(0, len(sentences), chunk)
+                      for t in translator.translate(sentences[i : i + chunk])]
+            timed = Offline(time.perf_counter() - start, time.process_time() - cpu, len(sentences), **counts)
         assert translations is None or result == translations, "offline translation changed between passes"
         best, translations = min(best or timed, timed, key=lambda o: o.seconds), result
     return best, translations
@@ -199,10 +225,11 @@ def batch_totals(url: str) -> tuple[float, float]:
 
 
 def machine_load() -> tuple[str, str]:
-    """Load averages and the busiest processes now (other engineers' work shares this machine)."""
-    top = subprocess.run(["top", "-bn1", "-c", "-w", "150"], capture_output=True, text=True).stdout.splitlines()
-    busy = [line for line in top[7:14] if line.strip()]
-    return f"{os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / {os.getloadavg()[2]:.2f}", "\n".join(busy)
+    """Load averages and the busiest processes now (other engineers' work shares this machine). `ps`, not one
+    `top` snapshot: a single `top` pass has no interval to measure, shows 0% for all and lists by process id."""
+    ps = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu", "--cols", "150"],
+                        capture_output=True, text=True).stdout.splitlines()
+    return f"{os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} / {os.getloadavg()[2]:.2f}", "\n".join(ps[:7])
 
 
 def versions() -> str:
@@ -265,7 +292,11 @@ def one_round(args: argparse.Namespace, translator, url: str, pid: int, sentence
     offline, expected = offline_anchor(translator, sentences)
     time.sleep(args.settle)
     chunked, same = offline_anchor(translator, sentences, chunk=args.clients)
-    assert same == expected, "offline translations depend on the batch"
+    if same != expected:  # then no served answer could be checked against one offline translation
+        changed = sum(a != b for a, b in zip(same, expected, strict=True))
+        raise SystemExit(f"bench_serve: {changed} of {len(expected)} offline translations change with the batch they "
+                         "are in (int8's activation scales are per batch); measure a precision whose translations "
+                         "do not depend on the batch")
     time.sleep(args.settle)
     calls, cpu, client = batch_totals(url)[0], cpu_seconds(pid), time.process_time()
     served = asyncio.run(load(url, sentences, expected, args.clients, args.max_seconds))
@@ -320,7 +351,22 @@ def throughput_rows(run: Run) -> list[tuple[str, str, str]]:
          f"{os.cpu_count()} cores", ""),
         ("sentences per model call when served (server metrics)",
          f"{served.sentences / calls:.1f} ({calls:.0f} calls)" if calls else "-", ""),
+        step_cost_row(run),
     ]
+
+
+def step_cost_row(run: Run) -> tuple[str, str, str]:
+    """Why calls of --clients sentences are slower: the same rows in more decoder steps. Fitting
+    seconds = a·steps + b·rows to the two offline ways (all rounds) gives a step's fixed cost a."""
+    whole, chunked = (Offline(sum(o.seconds for o in passes), 0.0, 0, sum(o.steps for o in passes),
+                              sum(o.rows for o in passes))
+                      for passes in ([r.offline for r in run.rounds], [r.chunked for r in run.rounds]))
+    text = f"{whole.steps} / {chunked.steps} steps for {whole.rows} / {chunked.rows} rows"
+    if chunked.steps > whole.steps and whole.rows:
+        a = (chunked.seconds - whole.seconds) / (chunked.steps - whole.steps)
+        b = (whole.seconds - a * whole.steps) / whole.rows
+        text += f"; seconds = {1000 * a:.2f} ms a step + {1000 * b:.3f} ms a row"
+    return (f"decoder steps and rows, offline: one call / calls of {run.clients} (all rounds, whole calls)", text, "")
 
 
 def rows(run: Run) -> list[tuple[str, str, str]]:
@@ -364,7 +410,7 @@ Date: {run.date}. Machine: {cpu_name()}. {versions()}.
 {checked}
 
 Other load on this machine (a shared 2-core VM), load averages over 1 / 5 / 15 minutes: {avg_before} before
-the run, {avg_after} after it. The busiest processes before and after (this run's own among them after):
+the run, {avg_after} after it. The busiest processes before and after (`ps`: %CPU over each one's life so far):
 
 ```
 {top_before}

@@ -401,3 +401,19 @@ def test_bench_serve_percentiles_and_report():
         assert rows["answers wrong / lost"] == ("1 / 0", "0 / 0: **not met**")
         assert rows["sentences per model call when served (server metrics)"] == ("10.0 (22 calls)", "")  # 219 / 22
         assert "你好: 'x' != 'Hello.'" in bench.report(run)
+
+
+def test_bench_serve_fits_the_fixed_cost_of_a_decoder_step():
+    """One call: 60 steps for 1,000 rows in 2 s; calls of 32: 160 steps for the same rows in 3 s. So a step costs
+    10 ms by itself and a row 1.4 ms."""
+    from bench_scripts import load_bench_script
+
+    for bench in load_bench_script("bench_serve"):
+        rounds = [bench.Round(bench.Offline(1.0, 1.0, 50, steps=30, rows=500),
+                              bench.Offline(1.5, 1.0, 50, steps=80, rows=500), bench.Phase(1.0), cpu=1.0, calls=2)
+                  for _ in range(2)]
+        run = bench.Run("python bench/bench_serve.py", "2026-12-06 00:00", 32, bench.Phase(1.0), rounds,
+                        memory=(1.0, 1.0), exit_status=0, load=(("", ""), ("", "")))
+        measure, text, _ = bench.step_cost_row(run)
+        assert measure.startswith("decoder steps and rows, offline: one call / calls of 32")
+        assert text == "60 / 160 steps for 1000 / 1000 rows; seconds = 10.00 ms a step + 1.400 ms a row"
