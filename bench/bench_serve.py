@@ -295,8 +295,7 @@ def one_round(args: argparse.Namespace, translator, url: str, pid: int, sentence
     if same != expected:  # then no served answer could be checked against one offline translation
         changed = sum(a != b for a, b in zip(same, expected, strict=True))
         raise SystemExit(f"bench_serve: {changed} of {len(expected)} offline translations change with the batch they "
-                         "are in (int8's activation scales are per batch); measure a precision whose translations "
-                         "do not depend on the batch")
+                         "are in, so served answers cannot be checked against them")
     time.sleep(args.settle)
     calls, cpu, client = batch_totals(url)[0], cpu_seconds(pid), time.process_time()
     served = asyncio.run(load(url, sentences, expected, args.clients, args.max_seconds))
