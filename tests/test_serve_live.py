@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 libretranslatepy = pytest.importorskip("libretranslatepy")
 
 import uvicorn  # noqa: E402
-from serve_support import start_server  # noqa: E402
+from serve_support import start_server, stop_server  # noqa: E402
 
 from zhen.serve.app import create_app  # noqa: E402
 from zhen.serve.limits import ApiKeys  # noqa: E402
@@ -170,6 +170,19 @@ def test_sigterm_answers_what_is_in_flight_then_exits():
             process.wait()
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "health", timeout=5)
+
+
+def test_an_int8_server_warns_that_its_answers_can_depend_on_the_batch():
+    process, url = start_server("--precision", "int8", "--beam", "1")
+    try:
+        assert post(url + "translate", {"q": "我爱你", "source": "zh", "target": "en"}) == (
+            200, {"translatedText": "I love you."})
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        warning = "zhen: warning: int8 translations can depend on the sentences batched with them"
+        assert warning in process.stderr.read()
+    finally:
+        stop_server(process)
 
 
 def test_start_up_errors_are_one_line(tmp_path):

@@ -125,12 +125,13 @@ def run(args: argparse.Namespace) -> int:
     keys = ApiKeys.load(args.api_keys) if args.api_keys else None
     sock = bind(settings.host, settings.port)
     try:
-        server, banner = _server(args, settings, keys)
+        server, banner, cautions = _server(args, settings, keys)
         sock.listen(2048)  # from here connections wait in the backlog until the event loop accepts them
         print(banner.format(port=sock.getsockname()[1]), flush=True)
         if not _is_loopback(settings.host) and keys is None:
-            print(f"zhen: warning: listening on {settings.host} without --api-keys: anyone who can reach it can "
-                  "use it", file=sys.stderr, flush=True)
+            cautions.append(f"listening on {settings.host} without --api-keys: anyone who can reach it can use it")
+        for caution in cautions:
+            print(f"zhen: warning: {caution}", file=sys.stderr, flush=True)
         # uvicorn answers SIGTERM gracefully, then re-raises it to the handler it found: ours makes that a
         # normal exit (status 0) instead of death by signal.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -143,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace, settings: ServeSettings, keys: Any) -> tuple[Any, str]:
-    """Load the model once, warm it up, and build the uvicorn server; and the banner to print."""
+def _server(args: argparse.Namespace, settings: ServeSettings, keys: Any) -> tuple[Any, str, list[str]]:
+    """Load the model once, warm it up, and build the uvicorn server; and the banner and warnings to print."""
+    import torch
     import uvicorn
 
     from zhen.serve.app import create_app
@@ -160,4 +162,8 @@ def _server(args: argparse.Namespace, settings: ServeSettings, keys: Any) -> tup
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     banner = (f"zhen serve: http://{host}:{{port}}/ ({name}, beam {translator.config.decode.beam}); "
               "Ctrl-C or SIGTERM stops it")
-    return uvicorn.Server(config), banner
+    cautions = []
+    if translator.dtype == torch.int8:  # one activation scale per call (zhen.quantize; README, int8)
+        cautions.append("int8 translations can depend on the sentences batched with them: a sentence may be "
+                        "answered differently than when it is translated alone")
+    return uvicorn.Server(config), banner, cautions
