@@ -357,13 +357,14 @@ def throughput_rows(run: Run) -> list[tuple[str, str, str]]:
 def step_cost_row(run: Run) -> tuple[str, str, str]:
     """Why calls of --clients sentences are slower: the same rows in more decoder steps. Fitting
     seconds = a·steps + b·rows to the two offline ways (all rounds) gives a step's fixed cost a."""
-    whole, chunked = (Offline(sum(o.seconds for o in passes), 0.0, 0, sum(o.steps for o in passes),
-                              sum(o.rows for o in passes))
-                      for passes in ([r.offline for r in run.rounds], [r.chunked for r in run.rounds]))
-    text = f"{whole.steps} / {chunked.steps} steps for {whole.rows} / {chunked.rows} rows"
-    if chunked.steps > whole.steps and whole.rows:
-        a = (chunked.seconds - whole.seconds) / (chunked.steps - whole.steps)
-        b = (whole.seconds - a * whole.steps) / whole.rows
+    def totals(passes: list[Offline]) -> tuple[float, int, int]:  # (seconds, steps, rows) over the rounds
+        return sum(o.seconds for o in passes), sum(o.steps for o in passes), sum(o.rows for o in passes)
+
+    (t1, s1, r1), (t2, s2, r2) = totals([r.offline for r in run.rounds]), totals([r.chunked for r in run.rounds])
+    text = f"{s1} / {s2} steps for {r1} / {r2} rows"
+    if s2 > s1 and r1:
+        a = (t2 - t1) / (s2 - s1)
+        b = (t1 - a * s1) / r1
         text += f"; seconds = {1000 * a:.2f} ms a step + {1000 * b:.3f} ms a row"
     return (f"decoder steps and rows, offline: one call / calls of {run.clients} (all rounds, whole calls)", text, "")
 
