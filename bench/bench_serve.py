@@ -215,13 +215,13 @@ async def load(url: str, sentences: list[str], expected: list[str], clients: int
 
 
 def batch_totals(url: str) -> tuple[float, float]:
-    """The server's model calls so far and the sentences they translated (its Prometheus metrics)."""
+    """The server's model calls so far and the seconds they took (its Prometheus metrics)."""
     import urllib.request
 
     text = urllib.request.urlopen(url + "metrics", timeout=30).read().decode()
-    count = float(re.search(r"^zhen_batch_sentences_count (\S+)$", text, re.M).group(1))
-    total = float(re.search(r"^zhen_batch_sentences_sum (\S+)$", text, re.M).group(1))
-    return count, total
+    count = float(re.search(r"^zhen_batch_duration_seconds_count (\S+)$", text, re.M).group(1))
+    seconds = float(re.search(r"^zhen_batch_duration_seconds_sum (\S+)$", text, re.M).group(1))
+    return count, seconds
 
 
 def machine_load() -> tuple[str, str]:
@@ -261,6 +261,7 @@ class Round:
     cpu: float  # server CPU seconds while serving them
     calls: float  # model calls the server made for them
     client_cpu: float = 0.0  # CPU seconds of this process (the clients) while they were served
+    model_seconds: float = 0.0  # the time those model calls took (the server's metrics)
 
     @property
     def served_rate(self) -> float:
@@ -297,10 +298,11 @@ def one_round(args: argparse.Namespace, translator, url: str, pid: int, sentence
         raise SystemExit(f"bench_serve: {changed} of {len(expected)} offline translations change with the batch they "
                          "are in, so served answers cannot be checked against them")
     time.sleep(args.settle)
-    calls, cpu, client = batch_totals(url)[0], cpu_seconds(pid), time.process_time()
+    (calls, model), cpu, client = batch_totals(url), cpu_seconds(pid), time.process_time()
     served = asyncio.run(load(url, sentences, expected, args.clients, args.max_seconds))
     client = time.process_time() - client
-    return Round(offline, chunked, served, cpu_seconds(pid) - cpu, batch_totals(url)[0] - calls, client)
+    calls_after, model_after = batch_totals(url)
+    return Round(offline, chunked, served, cpu_seconds(pid) - cpu, calls_after - calls, client, model_after - model)
 
 
 def measure(args: argparse.Namespace, translator, requests: list[str]) -> dict:
@@ -350,6 +352,9 @@ def throughput_rows(run: Run) -> list[tuple[str, str, str]]:
          f"{os.cpu_count()} cores", ""),
         ("sentences per model call when served (server metrics)",
          f"{served.sentences / calls:.1f} ({calls:.0f} calls)" if calls else "-", ""),
+        ("model busy while served: its calls' time / the wall clock (each round)",
+         " / ".join(f"{100 * r.model_seconds / r.served.seconds:.0f}%" if r.served.seconds else "-"
+                    for r in run.rounds), ""),
         step_cost_row(run),
     ]
 

@@ -417,3 +417,16 @@ def test_bench_serve_fits_the_fixed_cost_of_a_decoder_step():
         measure, text, _ = bench.step_cost_row(run)
         assert measure.startswith("decoder steps and rows, offline: one call / calls of 32")
         assert text == "60 / 160 steps for 1000 / 1000 rows; seconds = 10.00 ms a step + 1.400 ms a row"
+
+
+def test_bench_serve_reports_how_busy_the_model_was_while_served():
+    from bench_scripts import load_bench_script
+
+    for bench in load_bench_script("bench_serve"):
+        served = bench.Phase(10.0, [0.2] * 50, 50)
+        rounds = [bench.Round(bench.Offline(1.0, 1.0, 50), bench.Offline(1.5, 1.0, 50), served, cpu=1.0, calls=2,
+                              model_seconds=seconds) for seconds in (9.4, 8.0)]
+        run = bench.Run("python bench/bench_serve.py", "2026-12-06 00:00", 32, bench.Phase(1.0, [0.05], 1), rounds,
+                        memory=(1.0, 1.0), exit_status=0, load=(("", ""), ("", "")))
+        rows = {measure: result for measure, result, _ in bench.rows(run)}
+        assert rows["model busy while served: its calls' time / the wall clock (each round)"] == "94% / 80%"
