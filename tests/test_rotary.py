@@ -33,6 +33,22 @@ def test_rotation_keeps_lengths_and_position_zero_is_the_identity():
         rotary(x, offset=12)
 
 
+def test_each_pair_turns_by_its_angle_and_q_k_stacked_turn_alike():
+    torch.manual_seed(0)
+    d_head, offset = 8, 3
+    rotary = RotaryPositions(16, d_head)
+    x = torch.randn(2, 1, 3, 5, d_head)  # (2, B, H, T, Dh): Q and K stacked, as self-attention passes them
+    turned = rotary(x, offset)
+    for m in range(5):
+        for i in range(d_head // 2):  # pair (x_i, x_{i+Dh/2}) at position offset + m, angle (offset + m)·θ_i
+            angle = torch.tensor((offset + m) * 10000.0 ** (-2 * i / d_head), dtype=torch.float64)
+            cos, sin = angle.cos().float(), angle.sin().float()
+            a, b = x[..., m, i], x[..., m, i + d_head // 2]
+            torch.testing.assert_close(turned[..., m, i], a * cos - b * sin)
+            torch.testing.assert_close(turned[..., m, i + d_head // 2], b * cos + a * sin)
+    assert torch.equal(turned[0], rotary(x[0], offset)) and torch.equal(turned[1], rotary(x[1], offset))
+
+
 def test_readable_and_fused_attention_agree_with_rotary():
     torch.manual_seed(0)
     attn = MultiHeadAttention(16, 4, rotary=RotaryPositions(32, 4)).eval()

@@ -203,7 +203,11 @@ class MultiHeadAttention(nn.Module):
         return x.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)  # (B, H, T, Dh) → (B, T, D)
 
     def project(self, x: Tensor, *projections: nn.Linear) -> tuple[Tensor, ...]:
-        """x·Wᵀ + b for each of `projections`, split into heads: (B, T, D) → n × (B, H, T, Dh).
+        """x·Wᵀ + b for each of `projections`, split into heads: (B, T, D) → n × (B, H, T, Dh)."""
+        return self.project_stacked(x, *projections).unbind(0)
+
+    def project_stacked(self, x: Tensor, *projections: nn.Linear) -> Tensor:
+        """`project`'s n results stacked in front, a view of one product: (B, T, D) → (n, B, H, T, Dh).
 
         Without autograd (translation), the weights are stacked, e.g. [W_Q; W_K; W_V], and the projections
         are one matrix product: one pass over x, one call instead of three. The stacked copy is built once
@@ -220,7 +224,7 @@ class MultiHeadAttention(nn.Module):
             weight, bias, packed = self._stacked(projections, x.device.type)  # (n·D, D), (n·D,), its packed copy
             y = linear(x, weight, bias, packed)  # (B, T, n·D)
         y = y.view(b, t, len(projections), self.n_heads, self.d_head)  # (B, T, n, H, Dh)
-        return y.permute(2, 0, 3, 1, 4).unbind(0)  # n × (B, H, T, Dh)
+        return y.permute(2, 0, 3, 1, 4)  # (n, B, H, T, Dh)
 
     def _stacked(self, projections: tuple[nn.Linear, ...], device_type: str) -> tuple[Tensor, Tensor, Tensor | None]:
         # Under autocast the copy is kept in the autocast dtype: cast once, not at every call.
@@ -264,10 +268,11 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 cache.k, cache.v = k, v
         else:  # self-attention: Q, K and V from x in one matrix product
-            q, k, v = self.project(x, self.w_q, self.w_k, self.w_v)  # (B, H, Tq, Dh) each
-            if self.rotary is not None:  # the new tokens sit after the cached ones
+            qkv = self.project_stacked(x, self.w_q, self.w_k, self.w_v)  # (3, B, H, Tq, Dh)
+            q, k, v = qkv.unbind(0)  # (B, H, Tq, Dh) each
+            if self.rotary is not None:  # the new tokens sit after the cached ones; Q and K turn in one call
                 offset = cache.length if cache is not None else 0
-                q, k = self.rotary(q, offset), self.rotary(k, offset)  # (B, H, Tq, Dh) each
+                q, k = self.rotary(qkv[:2], offset).unbind(0)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k, v = cache.append(k, v)  # the prefix's K/V plus the new tokens'
         grouped = layout is not None and layout.beam > 1

@@ -85,21 +85,28 @@ class RotaryPositions(nn.Module):
         self.max_positions = max_positions
         inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)  # (Dh/2,)
         angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq  # (P, Dh/2)
-        # Not parameters and not saved: functions of (P, Dh) alone.
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos, sin = angles.cos().float(), angles.sin().float()  # (P, Dh/2) each
+        # Not parameters and not saved: functions of (P, Dh) alone. Laid out for `forward`'s two products.
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (P, Dh)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)  # (P, Dh)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x: (B, H, T, Dh), its first position at `offset` → x rotated, same shape and dtype."""
-        end = offset + x.size(2)
+        """x: (…, T, Dh), its first position at `offset` → x rotated, same shape and dtype.
+
+        Each pair turns by its angle: (x_i, x_{i+Dh/2}) → (x_i·cos − x_{i+Dh/2}·sin, x_{i+Dh/2}·cos + x_i·sin),
+        computed as x·[cos, cos] + [x_{Dh/2…}, x_{…Dh/2}]·[−sin, sin]: four operations on whole rows. Q and K
+        can be rotated in one call, stacked in front: (2, B, H, T, Dh).
+        """
+        end = offset + x.size(-2)
         if end > self.max_positions:
             raise ValueError(
                 f"sequence of {end} positions exceeds model.max_positions={self.max_positions}; "
                 "shorten the input or train with a larger max_positions"
             )
-        cos, sin = self.cos[offset:end], self.sin[offset:end]  # (T, Dh/2)
-        x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, Dh/2) each: the pairs (x_i, x_{i+Dh/2})
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)  # (B, H, T, Dh)
+        x32 = x.float()
+        x1, x2 = x32.chunk(2, dim=-1)  # (…, T, Dh/2) each: the pairs (x_i, x_{i+Dh/2})
+        swapped = torch.cat((x2, x1), dim=-1)  # (…, T, Dh)
+        return (x32 * self.cos[offset:end] + swapped * self.sin[offset:end]).to(x.dtype)  # (…, T, Dh)
 
 
 class Embeddings(nn.Module):

@@ -165,8 +165,9 @@ class Transformer(nn.Module):
         `beam`: hypotheses per sentence, decoded as rows i·K … i·K + K - 1 (see `BeamLayout`)."""
         cross = []
         for layer in self.decoder_layers:
-            k, v = layer.cross_attn.keys_values(encoded.memory)  # (B, H, S, Dh) each
-            cross.append(KVCache(k, v, static=True))
+            k, v = layer.cross_attn.keys_values(encoded.memory)  # (B, H, S, Dh) each, views of one product
+            # Made contiguous once here: as views, every step's Q·Kᵀ and weights·V would copy them again.
+            cross.append(KVCache(k.contiguous(), v.contiguous(), static=True))
         layout = BeamLayout(encoded.memory.size(0), beam)
         return DecoderCache([KVCache() for _ in self.decoder_layers], cross, encoded.src_mask, layout)
 
