@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import multiprocessing
 import os
 import platform
 import re
@@ -191,32 +192,53 @@ def hf_engine(hf: Any, n_tokens: int) -> Engine:
 
 
 def ct2_engine(path: Path, compute_type: str, threads: int, n_tokens: int) -> Engine:
-    """A CTranslate2 translator, loaded only for its turn: one that stays loaded keeps its OpenMP threads (its
-    own libgomp), and those slowed zhen's beam search in the same process by a third or more (base, beam 5,
-    batch 1: 3.75 → 2.4-2.6 sentences/s with a 2-thread translator alive, back to 3.7 once it was deleted)."""
-    import ctranslate2
-
-    loaded: dict[str, Any] = {}
-    names = token_names(VOCAB)
-    index = {name: i for i, name in enumerate(names)}
+    """A CTranslate2 translator in a process of its own, started only for its turn. Sharing a process with torch
+    slows both: a translator that stays loaded keeps its OpenMP threads, and those slowed zhen's beam search by
+    a third or more (base, beam 5, batch 1: 3.75 → 2.4-2.6 sentences/s with a 2-thread translator alive, back to
+    3.7 once it was deleted); and once torch has run a parallel operator in a process, CTranslate2 there loses
+    about a quarter of its speed (v2, Tatoeba dev, beam 5, calls of 32: 166 → 127 sentences/s; see
+    bench_batching.py). Each call crosses the process boundary (its sources and outputs pickled), well under
+    1% of a call here."""
+    pool: dict[str, Any] = {}
 
     def start() -> None:
-        loaded["translator"] = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type,
-                                                      intra_threads=threads, inter_threads=1)
+        pool["workers"] = multiprocessing.get_context("spawn").Pool(
+            1, initializer=_ct2_load, initargs=(str(path), compute_type, threads))
+        pool["workers"].apply(_ct2_translate, ([[EOS_ID + 1, EOS_ID]], 1, 1, n_tokens))  # loaded before timing
 
     def stop() -> None:
-        loaded.clear()
+        workers = pool.pop("workers", None)
+        if workers is not None:
+            workers.terminate()
+            workers.join()
 
     def translate(sources: list[list[int]], beam: int, nbest: int) -> list[list[list[int]]]:
-        results = loaded["translator"].translate_batch(
-            [[names[i] for i in s[:-1]] for s in sources], beam_size=beam, num_hypotheses=nbest,  # EOS: added
-            min_decoding_length=n_tokens, max_decoding_length=n_tokens, length_penalty=1.0,
-            suppress_sequences=[[names[PAD_ID]], [names[BOS_ID]]], return_scores=False,
-        )
-        return [[[index[t] for t in hyp] for hyp in r.hypotheses] for r in results]
+        return pool["workers"].apply(_ct2_translate, (sources, beam, nbest, n_tokens))
 
     label = CT2_LABELS[compute_type]
     return Engine(f"CT2 {label} {threads}t", translate, start, stop)
+
+
+_CT2: dict[str, Any] = {}  # in a CTranslate2 worker process: its translator
+
+
+def _ct2_load(path: str, compute_type: str, threads: int) -> None:
+    import ctranslate2
+
+    _CT2["translator"] = ctranslate2.Translator(path, device="cpu", compute_type=compute_type,
+                                                intra_threads=threads, inter_threads=1)
+    _CT2["names"] = token_names(VOCAB)
+    _CT2["index"] = {name: i for i, name in enumerate(_CT2["names"])}
+
+
+def _ct2_translate(sources: list[list[int]], beam: int, nbest: int, n_tokens: int) -> list[list[list[int]]]:
+    names, index = _CT2["names"], _CT2["index"]
+    results = _CT2["translator"].translate_batch(
+        [[names[i] for i in s[:-1]] for s in sources], beam_size=beam, num_hypotheses=nbest,  # EOS: added
+        min_decoding_length=n_tokens, max_decoding_length=n_tokens, length_penalty=1.0,
+        suppress_sequences=[[names[PAD_ID]], [names[BOS_ID]]], return_scores=False,
+    )
+    return [[[index[t] for t in hyp] for hyp in r.hypotheses] for r in results]
 
 
 # ==================================================================== checks
