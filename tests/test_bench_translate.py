@@ -30,3 +30,20 @@ def test_product_flops_counts_what_zhen_multiplies(bench, monkeypatch, beam):
     outputs = engine.translate(bench.random_sources(sentences, src_len, seed=1), beam, 1)
     assert [len(nbest[0]) for nbest in outputs] == [steps - 1] * sentences
     assert 2.0 * sum(counted) == bench.product_flops(model.config, beam, sentences, src_len, steps)
+
+
+def test_ctranslate2_in_its_own_process_gives_the_forced_tokens_and_zhens_greedy_output(bench, tmp_path, monkeypatch):
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # the worker process imports bench_translate by name
+    model = bench.build_zhen(ROOT / "configs" / "tiny.toml", seed=0)
+    path = bench.convert_to_ctranslate2(model, tmp_path / "ct2", "float32")
+    sources = bench.random_sources(3, 7, seed=1)
+    engine = bench.ct2_engine(path, "float32", 1, n_tokens=4)
+    with bench.running(engine):
+        beam = engine.translate(sources, 3, 2)
+        greedy = engine.translate(sources, 1, 1)
+    assert [[len(hypothesis) for hypothesis in nbest] for nbest in beam] == [[4, 4]] * 3
+    assert greedy == bench.zhen_engine(model, 4, "fp32").translate(sources, 1, 1)  # the same function
+    with pytest.raises(KeyError):  # stopped: the worker process is gone
+        engine.translate(sources, 1, 1)
