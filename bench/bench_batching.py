@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,9 +45,7 @@ from bench_serve import cpu_name, installed, read_sentences
 from zhen.checkpoint import load_model_dir
 from zhen.config import DecodeConfig
 from zhen.interop.ct2 import convert
-from zhen.interop.parity import max_lengths
-from zhen.special import BOS_ID, PAD_ID
-from zhen.text import Normalizer
+from zhen.interop.parity import ct2_options, max_lengths, never_pieces
 from zhen.translator import Translator
 
 SHIPPED = "src/zhen/models/default"
@@ -80,10 +78,12 @@ def timed(run: Callable[[], list]) -> tuple[float, list]:
 
 
 def zhen_passes(translator: Translator, texts: list[str], chunk: int) -> dict[str, Callable[[], list]]:
-    def chunked() -> list[str]:
-        return [t for i in range(0, len(texts), chunk) for t in translator.translate(texts[i : i + chunk])]
+    """zhen's two ways of calling, each giving every sentence's best translation (text, score, tokens)."""
+    def one(lines: list[str]) -> list:
+        return [nbest[0] for nbest in translator.translate_nbest(lines, 1)]  # what `translate` runs
 
-    return {"one": lambda: translator.translate(texts), "chunked": chunked}
+    return {"one": lambda: one(texts),
+            "chunked": lambda: [t for i in range(0, len(texts), chunk) for t in one(texts[i : i + chunk])]}
 
 
 def ct2_round(path: Path, pieces: list[list[str]], limits: list[int], decode: DecodeConfig, chunk: int,
@@ -95,11 +95,8 @@ def ct2_round(path: Path, pieces: list[list[str]], limits: list[int], decode: De
     translator = ctranslate2.Translator(str(path), device="cpu", inter_threads=1, intra_threads=2)
 
     def call(start: int, end: int, **batching: object) -> list:
-        results = translator.translate_batch(
-            pieces[start:end], beam_size=decode.beam, length_penalty=decode.length_penalty, patience=1,
-            max_decoding_length=max(1, max(limits[start:end]) - 1), max_input_length=0,
-            suppress_sequences=never, **batching)
-        return [r.hypotheses[0] for r in results]
+        options = ct2_options(decode, max(limits[start:end]), never)  # its length limit is per call
+        return [r.hypotheses[0] for r in translator.translate_batch(pieces[start:end], **options, **batching)]
 
     n = len(pieces)
     call(0, min(chunk, n))  # warm-up
@@ -113,9 +110,8 @@ def ct2_round(path: Path, pieces: list[list[str]], limits: list[int], decode: De
 
 
 def in_own_process(function: Callable, *args: object) -> object:
-    """`function(*args)` in a fresh process. Measured here: once torch has run one parallel operator in a process,
-    CTranslate2's calls of 32 in that process lose a quarter of their speed (166 → 127 sentences/s; its own
-    OpenMP runtime and torch's contend), and a CTranslate2 translator slows torch likewise (bench_translate.py)."""
+    """`function(*args)` in a fresh process, where no torch operator has run: sharing a process, torch and
+    CTranslate2 slow each other down (measured: see bench_translate.ct2_engine)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
 
@@ -133,28 +129,29 @@ def measure(args: argparse.Namespace, model_dir: Path, work: Path) -> tuple[list
     if loaded.model.config.positions == "rotary":
         sys.exit(f"{model_dir} has rotary positions, which CTranslate2's Transformer cannot load: pass --git-model "
                  "06d6f72 (v2, sinusoidal) or another sinusoidal model")
-    decode = DecodeConfig(beam=args.beam)
+    decode = replace(loaded.config.decode, beam=args.beam, nbest=1)  # both engines search with these settings
+    translator = Translator(loaded.model, loaded.tokenizer, replace(loaded.config, decode=decode))
     texts = read_sentences(args.sentences_from, args.sentences)
-    normalizer = Normalizer(loaded.config.text)
-    ids = loaded.tokenizer.encode_src([normalizer.zh(t) for t in texts])
-    pieces = [[loaded.tokenizer.id_to_src_piece(i) for i in s[:-1]] for s in ids]  # </s> added by CTranslate2
+    tokenizer = loaded.tokenizer
+    ids = tokenizer.encode_src([translator.normalizer.zh(t) for t in texts])
+    pieces = [[tokenizer.id_to_src_piece(i) for i in s[:-1]] for s in ids]  # </s> added by CTranslate2
     limits = max_lengths(loaded, ids, decode)
-    never = [[loaded.tokenizer.id_to_tgt_piece(PAD_ID)], [loaded.tokenizer.id_to_tgt_piece(BOS_ID)]]
-    ct2_path = convert(loaded.model, loaded.tokenizer, loaded.config, work / "ct2")
-    translator = Translator.load(model_dir)
+    ct2_path = convert(loaded.model, tokenizer, loaded.config, work / "ct2")
     zhen, ct2 = Engine("zhen"), Engine("CTranslate2")
     zhen_passes(translator, texts[: args.chunk], args.chunk)["one"]()  # warm-up
     for _ in range(args.rounds):
         record(zhen, {name: timed(run) for name, run in zhen_passes(translator, texts, args.chunk).items()},
                len(texts))
-        record(ct2, in_own_process(ct2_round, ct2_path, pieces, limits, decode, args.chunk, never), len(texts))
-    assert zhen.outputs["one"] == zhen.outputs["chunked"], "zhen's translations depend on the batch"
-    zhen_tokens = [list(t.tokens) for t in translator.translate_nbest(texts, 1) for t in t[:1]]
-    index = {loaded.tokenizer.id_to_tgt_piece(i): i for i in range(loaded.tokenizer.tgt_vocab_size)}
+        record(ct2, in_own_process(ct2_round, ct2_path, pieces, limits, decode, args.chunk, never_pieces(tokenizer)),
+               len(texts))
+    # The same translations (their scores, sums of log-probabilities, may differ in the last bits with the batch).
+    assert [t.tokens for t in zhen.outputs["one"]] == [t.tokens for t in zhen.outputs["chunked"]], \
+        "zhen's translations depend on the batch"
+    index = {tokenizer.id_to_tgt_piece(i): i for i in range(tokenizer.tgt_vocab_size)}
     ct2_ids = [[index[p] for p in h] for h in ct2.outputs["one"]]
     same = sum(a == b for a, b in zip(ct2.outputs["one"], ct2.outputs["chunked"], strict=True))
     agreement = {"sentences": len(texts), "ct2 one = ct2 chunked": same,
-                 "zhen = ct2": sum(a == b for a, b in zip(zhen_tokens, ct2_ids, strict=True))}
+                 "zhen = ct2": sum(list(a.tokens) == b for a, b in zip(zhen.outputs["one"], ct2_ids, strict=True))}
     return [zhen, ct2], agreement
 
 

@@ -148,18 +148,28 @@ def ct2_log_probs(translator: Any, loaded: LoadedModel, source: list[int], outpu
     return [sum(r.log_probs) for r in translator.score_batch([pieces] * len(outputs), targets)]
 
 
+def never_pieces(tokenizer: Any) -> list[list[str]]:
+    """The target pieces zhen never generates (PAD, BOS), as CTranslate2's `suppress_sequences` takes them."""
+    return [[tokenizer.id_to_tgt_piece(PAD_ID)], [tokenizer.id_to_tgt_piece(BOS_ID)]]
+
+
+def ct2_options(decode: DecodeConfig, limit: int, never: list[list[str]]) -> dict[str, Any]:
+    """zhen's search settings as CTranslate2's `translate_batch` takes them (see the module doc): `limit` is
+    zhen's max_len of the call (its EOS included), `never` from `never_pieces`."""
+    return {"beam_size": decode.beam, "length_penalty": decode.length_penalty, "patience": 1,
+            "max_decoding_length": max(1, limit - 1), "min_decoding_length": 0, "max_input_length": 0,
+            "suppress_sequences": never}
+
+
 def ct2_tokens(translator: Any, loaded: LoadedModel, sources: Ids, decode: DecodeConfig, limits: list[int]) -> Ids:
     """A CTranslate2 export's best tokens, zhen's search settings (see the module doc)."""
     tokenizer = loaded.tokenizer
     index = {tokenizer.id_to_tgt_piece(i): i for i in range(tokenizer.tgt_vocab_size)}
-    never = [[tokenizer.id_to_tgt_piece(PAD_ID)], [tokenizer.id_to_tgt_piece(BOS_ID)]]
+    never = never_pieces(tokenizer)
 
     def translate(batch: Ids, limit: int) -> Ids:
         pieces = [[tokenizer.id_to_src_piece(i) for i in s[:-1]] for s in batch]  # </s> added by the model
-        results = translator.translate_batch(
-            pieces, beam_size=decode.beam, length_penalty=decode.length_penalty, patience=1,
-            max_decoding_length=max(1, limit - 1), min_decoding_length=0, max_input_length=0,
-            suppress_sequences=never)
+        results = translator.translate_batch(pieces, **ct2_options(decode, limit, never))
         return [[index[p] for p in r.hypotheses[0]] for r in results]
 
     return run_grouped(sources, limits, translate)
