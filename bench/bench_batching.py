@@ -66,8 +66,11 @@ def model_from_git(rev: str, out: Path) -> Path:
     """The shipped model's files at commit `rev`, written to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        data = subprocess.run(["git", "show", f"{rev}:{SHIPPED}/{name}"], capture_output=True, check=True).stdout
-        (out / name).write_bytes(data)
+        shown = subprocess.run(["git", "show", f"{rev}:{SHIPPED}/{name}"], capture_output=True)
+        if shown.returncode:
+            sys.exit(f"bench_batching: no {SHIPPED}/{name} at {rev!r} in this repository: "
+                     f"{shown.stderr.decode(errors='replace').strip()}")
+        (out / name).write_bytes(shown.stdout)
     return out
 
 
@@ -198,6 +201,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", type=Path, help="write the report here (Markdown)")
     args = parser.parse_args()
+    if not args.sentences_from.is_file():
+        sys.exit(f"bench_batching: no sentences at {args.sentences_from} (--sentences-from)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = args.model or model_from_git(args.git_model, work / "model")

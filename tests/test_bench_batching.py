@@ -41,3 +41,8 @@ def test_a_rotary_model_is_refused_with_a_clear_message(bench, tmp_path, monkeyp
     monkeypatch.setattr(bench, "load_model_dir", lambda path: rotary)
     with pytest.raises(SystemExit, match="rotary positions"):
         bench.measure(argparse.Namespace(), tmp_path, tmp_path)
+
+
+def test_a_revision_without_the_shipped_model_is_refused_with_a_clear_message(bench, tmp_path):
+    with pytest.raises(SystemExit, match=r"no src/zhen/models/default/config\.json at 'no-such-revision'"):
+        bench.model_from_git("no-such-revision", tmp_path / "model")
